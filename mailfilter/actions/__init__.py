@@ -1,0 +1,1 @@
+"""What happens to a message after the verdict: reinject, quarantine, report."""

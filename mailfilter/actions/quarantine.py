@@ -1,0 +1,78 @@
+"""The quarantine store: each held message is ID.eml (the bytes as received) and ID.json (metadata).
+
+Writes are durable before they are reported: a temporary name in the same
+folder (hidden, so never listed), fsync, rename, fsync of the folder. The
+message is renamed into place before its metadata, and a listing goes by the
+metadata, so a half-written entry is never seen. Files are 0600, the folder 0700.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from datetime import datetime, timezone
+from typing import Any
+
+
+class QuarantineError(Exception):
+    """The message could not be stored durably."""
+
+
+def new_id(now: datetime) -> str:
+    return now.strftime("%Y%m%dT%H%M%SZ-") + secrets.token_hex(5)
+
+
+def write_atomic(folder: str, name: str, data: bytes) -> None:
+    """Write DATA to FOLDER/NAME via a hidden temporary file, fsync, rename, fsync the folder."""
+    tmp = os.path.join(folder, f".{name}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    try:
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(tmp, os.path.join(folder, name))
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    dfd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+def ensure_folder(folder: str) -> None:
+    try:
+        os.makedirs(folder, mode=0o700, exist_ok=True)
+    except OSError as exc:
+        raise QuarantineError(f"cannot create {folder}: {exc.strerror or exc}") from None
+
+
+def store(message: bytes, meta: dict[str, Any], folder: str, now: datetime | None = None) -> str:
+    """Store MESSAGE with META; return its id once both files are durable."""
+    now = now or datetime.now(timezone.utc)
+    ensure_folder(folder)
+    qid = new_id(now)
+    record = {"id": qid, "created": now.isoformat(timespec="seconds"), "size": len(message), **meta, "released": []}
+    try:
+        write_atomic(folder, f"{qid}.eml", message)
+        write_atomic(folder, f"{qid}.json", json.dumps(record, indent=1, sort_keys=True).encode("utf-8"))
+    except OSError as exc:
+        _remove(os.path.join(folder, f"{qid}.eml"))
+        raise QuarantineError(f"cannot store in {folder}: {exc.strerror or exc}") from None
+    return qid
+
+
+def _remove(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass

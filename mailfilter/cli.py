@@ -1,0 +1,79 @@
+"""The click CLI: `mailfilter scan`, `mailfilter config`, and help for `mailfilter pipe`.
+
+`pipe` itself never runs through click (see entry.py); its command here only
+documents it, so `mailfilter --help` lists every door.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from . import __version__
+from . import config as configmod
+
+
+class Context:
+    def __init__(self, config_path: str | None) -> None:
+        self.config_path = config_path
+
+    def load(self) -> configmod.Config:
+        try:
+            return configmod.load(self.config_path)
+        except configmod.ConfigError as exc:
+            raise click.ClickException(str(exc)) from None
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-c", "--config", "config_path", metavar="PATH", help=f"TOML config file (default: ${configmod.ENV_VAR} or {configmod.DEFAULT_PATH}).")
+@click.version_option(__version__, prog_name="mailfilter")
+@click.pass_context
+def cli(ctx: click.Context, config_path: str | None) -> None:
+    """SpamAssassin and ClamAV for Postfix: one scan pipeline behind a pipe(8) filter and a terminal scanner."""
+    ctx.obj = Context(config_path)
+
+
+@cli.command()
+@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per file, one per line.")
+@click.pass_obj
+def scan(obj: Context, files: tuple[str, ...], as_json: bool) -> None:
+    """Scan message files with spamd and ClamAV; deliver or hold nothing.
+
+    Exit status: 0 all clean, 1 spam or a virus found, 2 an error (a scanner down, a file unreadable).
+    """
+    from . import log
+    from .doors import scan as door
+
+    config = obj.load()
+    log.configure("mailfilter/scan", config.log, stderr=True)
+    sys.exit(door.run(list(files), config, as_json, click.echo))
+
+
+@cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+def pipe() -> None:
+    """Filter one message from stdin for Postfix pipe(8).
+
+    \b
+    mailfilter pipe [-q QUEUE_ID] -f SENDER -- RECIPIENT...
+    Exit 0 delivered or held, 75 deferred, 69 rejected (reject policy only).
+    See `mailfilter pipe --help`.
+    """
+    # Reached only when entry.py did not dispatch (for example: called as a library).
+    from .doors import pipe as door
+
+    sys.exit(door.main(sys.argv[1:], sys.stdin.buffer, sys.stdout))
+
+
+@cli.command("config")
+@click.option("--defaults", is_flag=True, help="Print every key with its default and description.")
+@click.pass_obj
+def config_cmd(obj: Context, defaults: bool) -> None:
+    """Check the configuration file and print where it came from, or the documented defaults."""
+    if defaults:
+        click.echo(configmod.describe(), nl=False)
+        return
+    config = obj.load()
+    click.echo(f"configuration OK: {config.source}")
+

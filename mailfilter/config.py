@@ -1,0 +1,235 @@
+"""One TOML file loaded once into a frozen Config.
+
+Every key has a default that matches a Debian host and a one-line description
+(`mailfilter config` prints them). An unknown section or key, a value of the
+wrong type or out of range is a ConfigError naming the key: never a silent
+fall-back to defaults.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tomllib
+from dataclasses import MISSING, dataclass, field, fields
+from typing import Any, Callable
+
+ENV_VAR = "MAILFILTER_CONFIG"
+DEFAULT_PATH = "/etc/mailfilter/mailfilter.toml"
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the text names the file and key."""
+
+
+def _key(default: Any, doc: str, check: Callable[[Any], str | None] | None = None) -> Any:
+    if isinstance(default, list):
+        return field(default_factory=lambda: tuple(default), metadata={"doc": doc, "check": check})
+    return field(default=default, metadata={"doc": doc, "check": check})
+
+
+def _one_of(*choices: str) -> Callable[[Any], str | None]:
+    def check(value: Any) -> str | None:
+        return None if value in choices else "must be one of " + ", ".join(repr(c) for c in choices)
+
+    return check
+
+
+def _positive(value: Any) -> str | None:
+    return None if value > 0 and math.isfinite(value) else "must be a positive number"
+
+
+def _port(value: Any) -> str | None:
+    return None if 0 < value < 65536 else "must be a port number (1-65535)"
+
+
+def _score(value: Any) -> str | None:
+    return None if not math.isnan(value) else "must be a number (inf disables)"
+
+
+def _argv(value: Any) -> str | None:
+    if not value or not all(isinstance(v, str) and v for v in value):
+        return "must be a non-empty list of non-empty strings (a command and its arguments)"
+    if not os.path.isabs(value[0]):
+        return "the command must be an absolute path (no shell, no PATH search)"
+    return None
+
+
+ON_ERROR = _one_of("tempfail", "accept")
+
+
+@dataclass(frozen=True)
+class SpamdConfig:
+    host: str = _key("127.0.0.1", "spamd TCP host (used when socket is empty)")
+    port: int = _key(783, "spamd TCP port", _port)
+    socket: str = _key("", "spamd unix socket path; when set, host and port are not used")
+    timeout: float = _key(60.0, "seconds to wait for spamd's answer", _positive)
+    on_error: str = _key("tempfail", "spamd down/timeout/error: 'tempfail' (keep mail queued) or 'accept' (deliver unscanned)", ON_ERROR)
+    max_size: int = _key(512000, "bytes; larger messages are not sent to spamd (like spamc), always to ClamAV", _positive)
+
+
+@dataclass(frozen=True)
+class ClamdConfig:
+    backend: str = _key("clamd", "'clamd' (resident daemon, INSTREAM) or 'clamscan' (one process per message)", _one_of("clamd", "clamscan"))
+    socket: str = _key("/var/run/clamav/clamd.ctl", "clamd unix socket path (used when host is empty)")
+    host: str = _key("", "clamd TCP host; when set, the socket is not used")
+    port: int = _key(3310, "clamd TCP port", _port)
+    timeout: float = _key(60.0, "seconds to wait for ClamAV's answer", _positive)
+    on_error: str = _key("tempfail", "ClamAV down/timeout/error: 'tempfail' (keep mail queued) or 'accept' (deliver unscanned)", ON_ERROR)
+    clamscan: list = _key(["/usr/bin/clamscan"], "clamscan backend: command and extra arguments (for example --database=DIR)", _argv)
+
+
+@dataclass(frozen=True)
+class DeliveryConfig:
+    sendmail: list = _key(["/usr/sbin/sendmail"], "the sendmail command (argv list); mailfilter adds -G -i -f SENDER -- RCPT...", _argv)
+    timeout: float = _key(120.0, "seconds sendmail may take to accept one message", _positive)
+
+
+@dataclass(frozen=True)
+class QuarantineConfig:
+    dir: str = _key("/var/lib/mailfilter/quarantine", "where held messages are stored (created 0700)")
+    spam_score: float = _key(math.inf, "quarantine spam at or above this score instead of delivering it (inf: never)", _score)
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    virus: str = _key("quarantine", "'quarantine' (hold, tell the admin) or 'reject' (pipe: bounce with 5.7.1, exit 69)", _one_of("quarantine", "reject"))
+    spam_reject_score: float = _key(math.inf, "reject spam at or above this score (pipe: bounce with 5.7.1, exit 69; inf: never)", _score)
+
+
+@dataclass(frozen=True)
+class ReportConfig:
+    admin: str = _key("postmaster", "who receives VIRUS FOUND / ANTIVIRUS FAILED reports ('' turns reports off)")
+    sender: str = _key("postmaster", "envelope sender and From: of the reports")
+    interval: float = _key(3600.0, "seconds between two reports of the same scanner failure; the rest are counted", _positive)
+    state_dir: str = _key("/var/lib/mailfilter", "where the report rate limit keeps its state")
+
+
+@dataclass(frozen=True)
+class PipeConfig:
+    deadline: float = _key(300.0, "seconds one `pipe` run may take before it defers (keep below Postfix's command_time_limit)", _positive)
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    syslog: bool = _key(True, "log to syslog facility mail under `pipe` (the CLI logs to stderr)")
+    file: str = _key("", "also append log lines to this file")
+    level: str = _key("info", "'debug', 'info', 'warning' or 'error'", _one_of("debug", "info", "warning", "error"))
+
+
+@dataclass(frozen=True)
+class Config:
+    spamd: SpamdConfig = field(default_factory=SpamdConfig)
+    clamd: ClamdConfig = field(default_factory=ClamdConfig)
+    delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
+    quarantine: QuarantineConfig = field(default_factory=QuarantineConfig)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
+    pipe: PipeConfig = field(default_factory=PipeConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    source: str = "(defaults)"
+
+
+SECTIONS = {f.name: f.default_factory for f in fields(Config) if f.default_factory is not MISSING}
+
+
+def _convert(where: str, value: Any, annotation: str) -> Any:
+    """Check one TOML value against the field's type; ints are accepted for floats."""
+    ok = {
+        "str": isinstance(value, str),
+        "int": isinstance(value, int) and not isinstance(value, bool),
+        "float": isinstance(value, (int, float)) and not isinstance(value, bool),
+        "bool": isinstance(value, bool),
+        "list": isinstance(value, list),
+    }[annotation]
+    if not ok:
+        raise ConfigError(f"{where}: expected {annotation_words(annotation)}, got {value!r}")
+    if annotation == "float":
+        return float(value)
+    if annotation == "list":
+        return tuple(value)
+    return value
+
+
+def annotation_words(annotation: str) -> str:
+    return {
+        "str": "a string",
+        "int": "an integer",
+        "float": "a number",
+        "bool": "true or false",
+        "list": "a list of strings",
+    }[annotation]
+
+
+def from_dict(data: dict[str, Any], source: str = "(dict)") -> Config:
+    """Build a Config from parsed TOML, checking every key and value."""
+    sections: dict[str, Any] = {}
+    for name, table in data.items():
+        if name not in SECTIONS:
+            raise ConfigError(f"{source}: unknown section [{name}] (known: {', '.join(SECTIONS)})")
+        if not isinstance(table, dict):
+            raise ConfigError(f"{source}: [{name}] must be a table")
+        cls = SECTIONS[name]
+        known = {f.name: f for f in fields(cls)}
+        values = {}
+        for key, value in table.items():
+            where = f"{source}: [{name}] {key}"
+            if key not in known:
+                raise ConfigError(f"{where}: unknown key (known: {', '.join(known)})")
+            f = known[key]
+            value = _convert(where, value, f.type)
+            check = f.metadata["check"]
+            problem = check(value) if check else None
+            if problem:
+                raise ConfigError(f"{where}: {problem}, got {value!r}")
+            values[key] = value
+        sections[name] = cls(**values)
+    return Config(**sections, source=source)
+
+
+def load(path: str | None = None, environ: dict[str, str] | None = None) -> Config:
+    """Load the config from PATH, else $MAILFILTER_CONFIG, else the default path if it exists.
+
+    A path that was named (argument or environment) must exist; only the
+    default path may be absent, in which case the defaults apply.
+    """
+    environ = os.environ if environ is None else environ
+    named = path or environ.get(ENV_VAR) or None
+    target = named or DEFAULT_PATH
+    try:
+        with open(target, "rb") as fh:
+            data = tomllib.load(fh)
+    except FileNotFoundError:
+        if named:
+            raise ConfigError(f"{target}: config file not found") from None
+        return Config()
+    except OSError as exc:
+        raise ConfigError(f"{target}: cannot read config: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{target}: not valid TOML: {exc}") from None
+    return from_dict(data, source=target)
+
+
+def describe() -> str:
+    """Every section and key with its default and description, as a commented TOML file."""
+    lines = []
+    for name, cls in SECTIONS.items():
+        lines.append(f"[{name}]")
+        instance = cls()
+        for f in fields(cls):
+            lines.append(f"# {f.metadata['doc']}")
+            lines.append(f"{f.name} = {_toml_value(getattr(instance, f.name))}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and math.isinf(value):
+        return "inf"
+    if isinstance(value, (tuple, list)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return repr(value)

@@ -1,0 +1,1 @@
+"""The doors: each parses its own input, calls the pipeline, and answers in its own protocol."""

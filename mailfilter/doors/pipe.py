@@ -1,0 +1,237 @@
+"""`mailfilter pipe -f SENDER -- RECIPIENT...`: the door for Postfix pipe(8).
+
+The contract with pipe(8): exit 0 when the message was delivered or held, 75
+(EX_TEMPFAIL) to keep it queued, 69 only for an explicit reject policy. Every
+other status, a traceback included, would bounce the mail, so main() is the one
+place that catches everything and turns it into 75. On failure exactly one line
+`4.x.x text` (or `5.x.x text`) goes to stdout, which pipe(8) reads as the
+status; on success nothing is printed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import BinaryIO, TextIO
+
+from ..exitcodes import EX_OK, EX_TEMPFAIL, PIPE_EXIT_BY_ACTION
+from ..model import Dsn, Envelope
+
+USAGE = "usage: mailfilter [--config PATH] pipe [--config PATH] [-q QUEUE_ID] -f SENDER -- RECIPIENT..."
+HELP = f"""{USAGE}
+
+Filter one message from standard input for Postfix pipe(8): scan it with spamd
+and ClamAV, then reinject it with `sendmail -G -i -f SENDER -- RECIPIENT...`,
+quarantine it, or defer it. Exit status: 0 delivered or held, 75 deferred
+(Postfix keeps the message queued), 69 rejected (only with a reject policy).
+
+master.cf:
+  mailfilter unix - n n - 10 pipe flags=Rq user=mailfilter null_sender=
+    argv=/usr/local/bin/mailfilter pipe -q ${{queue_id}} -f ${{sender}} -- ${{recipient}}
+"""
+DEFAULT_DEADLINE = 300.0
+
+
+class UsageError(Exception):
+    pass
+
+
+class HelpRequested(Exception):
+    pass
+
+
+class DeadlineExceeded(BaseException):
+    """Raised from SIGALRM; a BaseException so that no library `except Exception` swallows it."""
+
+
+@dataclass(frozen=True)
+class Args:
+    config: str | None
+    envelope: Envelope
+
+
+def parse_args(argv: list[str]) -> Args:
+    """Parse `[--config PATH] [pipe] [--config PATH] [-q ID] -f SENDER -- RCPT...` by hand.
+
+    No option parser library: every mistake must become a deferral, and the
+    value after -f is taken as it is, even when it begins with '-'.
+    """
+    config = sender = queue_id = None
+    recipients: list[str] | None = None
+    seen_pipe = False
+    i = 0
+
+    def value(option: str) -> str:
+        if i + 1 >= len(argv):
+            raise UsageError(f"option {option} needs a value")
+        return argv[i + 1]
+
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--":
+            recipients = argv[i + 1 :]
+            break
+        if arg in ("-h", "--help"):
+            raise HelpRequested
+        if arg == "pipe" and not seen_pipe:
+            seen_pipe, i = True, i + 1
+        elif arg in ("-c", "--config"):
+            config, i = value(arg), i + 2
+        elif arg.startswith("--config="):
+            config, i = arg.split("=", 1)[1], i + 1
+        elif arg == "-f":
+            sender, i = value(arg), i + 2
+        elif arg in ("-q", "--queue-id"):
+            queue_id, i = value(arg), i + 2
+        else:
+            raise UsageError(f"unexpected argument {arg!r}")
+    if sender is None:
+        raise UsageError("missing -f SENDER")
+    if not recipients:
+        raise UsageError("missing '-- RECIPIENT...'")
+    return Args(config, Envelope(sender, tuple(recipients), queue_id or None))
+
+
+def _failure_dsn(exc: BaseException, deadline: float) -> tuple[Dsn, bool]:
+    """The deferral line for an exception, and whether it is unexpected (log the traceback)."""
+    from ..actions.quarantine import QuarantineError
+    from ..actions.reinject import DeliveryError
+    from ..config import ConfigError
+    from ..message import printable
+
+    def dsn(status: tuple, text: str) -> Dsn:
+        return Dsn(status, "mailfilter: " + printable(text, 300))
+
+    if isinstance(exc, UsageError):
+        return dsn((4, 3, 5), f"{exc}; {USAGE}"), False
+    if isinstance(exc, ConfigError):
+        return dsn((4, 3, 5), f"configuration error: {exc}"), False
+    if isinstance(exc, DeliveryError):
+        return dsn((4, 3, 0), f"reinjection failed: {exc}"), False
+    if isinstance(exc, QuarantineError):
+        return dsn((4, 3, 0), f"quarantine failed: {exc}"), False
+    if isinstance(exc, DeadlineExceeded):
+        return dsn((4, 4, 7), f"filter deadline of {deadline:g} s exceeded, message deferred"), False
+    return dsn((4, 3, 0), f"internal error ({type(exc).__name__}), message deferred"), True
+
+
+def _arm(deadline: float) -> None:
+    def expire(signum: int, frame: object) -> None:
+        raise DeadlineExceeded
+
+    signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, deadline)
+
+
+def _disarm() -> None:
+    signal.setitimer(signal.ITIMER_REAL, 0)
+
+
+def main(argv: list[str], stdin: BinaryIO, stdout: TextIO, environ: Mapping[str, str] | None = None) -> int:
+    """Run the pipe door; return 0, 69 or 75, whatever happens inside."""
+    started = time.monotonic()
+    environ = os.environ if environ is None else environ
+    deadline = DEFAULT_DEADLINE
+    logger = logging.getLogger("mailfilter")
+    try:
+        _arm(deadline)
+        from .. import log
+
+        logger = log.configure("mailfilter/pipe", None, stderr=False)
+        args = parse_args(argv)
+        from .. import config as configmod
+
+        config = configmod.load(args.config, environ)
+        logger = log.configure("mailfilter/pipe", config.log, stderr=False)
+        deadline = config.pipe.deadline
+        _arm(deadline - (time.monotonic() - started))
+        raw = stdin.read()
+        status, line = filter_message(args.envelope, raw, config, logger, started)
+    except HelpRequested:
+        _disarm()
+        stdout.write(HELP)
+        return EX_OK
+    except BaseException as exc:  # noqa: BLE001 - the one boundary: everything becomes a deferral
+        _disarm()
+        dsn, unexpected = _failure_dsn(exc, deadline)
+        try:
+            if unexpected:
+                logger.error("%s", dsn.text, exc_info=exc)
+            else:
+                logger.warning("%s", dsn.text)
+        except BaseException:  # noqa: BLE001 - a broken log must not change the exit status
+            pass
+        status, line = EX_TEMPFAIL, dsn.line()
+    finally:
+        _disarm()
+    if line:
+        try:
+            stdout.write(line + "\n")
+            stdout.flush()
+        except (OSError, ValueError):
+            pass  # pipe(8) still reads the exit status
+    return status
+
+
+def filter_message(envelope: Envelope, raw: bytes, config, logger: logging.Logger, started: float) -> tuple[int, str | None]:  # noqa: ANN001
+    """Scan, decide, act. Returns the exit status and the status line to print (None on success)."""
+    from .. import message, pipeline
+    from ..actions import quarantine, reinject
+    from ..log import summary
+    from ..model import Action
+
+    outcome = pipeline.run(raw, config)
+    decision = outcome.decision
+    for warning in decision.warnings:
+        logger.warning("%s: %s", envelope.queue_id or "NOQUEUE", warning)
+
+    quarantine_id = None
+    if decision.action is Action.DELIVER:
+        reinject.reinject(message.rewrite(raw, decision.headers), envelope, config.delivery)
+    elif decision.action is Action.QUARANTINE:
+        quarantine_id = quarantine.store(raw, quarantine_meta(envelope, raw, outcome), config.quarantine.dir)
+
+    report = _report(envelope, raw, outcome, quarantine_id, config, logger) if decision.report else None
+    logger.info("%s", summary(envelope, outcome.results, decision, time.monotonic() - started, quarantine=quarantine_id, report=report))
+    return PIPE_EXIT_BY_ACTION[decision.action], decision.dsn.line() if decision.dsn else None
+
+
+def quarantine_meta(envelope: Envelope, raw: bytes, outcome) -> dict:  # noqa: ANN001
+    from .. import message
+    from ..model import SpamReport, Verdict
+
+    parsed = message.parse(raw)
+    spam, virus = outcome.results.spam, outcome.results.virus
+    decision = outcome.decision
+    return {
+        "reason": "virus" if decision.verdict is Verdict.VIRUS else "spam",
+        "verdict": decision.verdict.value,
+        "virus_names": list(getattr(virus, "names", ())),
+        "spam_score": spam.score if isinstance(spam, SpamReport) else None,
+        "spam_threshold": spam.threshold if isinstance(spam, SpamReport) else None,
+        "spam_tests": list(spam.tests) if isinstance(spam, SpamReport) else [],
+        "sender": envelope.sender,
+        "recipients": list(envelope.recipients),
+        "queue_id": envelope.queue_id,
+        "subject": message.subject(parsed),
+        "message_id": message.message_id(parsed),
+        "headers": [list(h) for h in decision.headers],
+    }
+
+
+def _report(envelope: Envelope, raw: bytes, outcome, quarantine_id: str | None, config, logger: logging.Logger) -> str:  # noqa: ANN001
+    """Send the admin report. Its failure is logged and never changes the message's fate,
+    which is already sealed (delivered, durably quarantined, or about to be deferred)."""
+    from ..actions import report
+
+    ctx = report.context(envelope, raw, outcome.results, outcome.decision, quarantine_id)
+    try:
+        return report.send(ctx, config, os.uname().nodename, datetime.now(timezone.utc))
+    except Exception as exc:  # noqa: BLE001 - see docstring
+        logger.error("%s: admin report not sent: %s", envelope.queue_id or "NOQUEUE", exc)
+        return "failed"

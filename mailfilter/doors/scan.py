@@ -1,0 +1,82 @@
+"""`mailfilter scan FILE...`: the pipeline on files, for people at a terminal. Nothing is delivered or held."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from .. import pipeline
+from ..config import Config
+from ..exitcodes import clamscan_code_text
+from ..message import printable
+from ..model import ScanFailure, SpamReport, SpamSkipped, Verdict, VirusReport
+
+# scan's own exit statuses (a terminal tool, not pipe(8)).
+EXIT_CLEAN, EXIT_FOUND, EXIT_ERROR = 0, 1, 2
+ERROR_CODE = 2  # clamscan-style status for a scanner error
+
+
+@dataclass(frozen=True)
+class FileResult:
+    file: str
+    verdict: Verdict
+    record: dict
+
+
+def scan_file(path: str, config: Config) -> FileResult:
+    try:
+        with open(path, "rb") as fh:
+            raw = fh.read()
+    except OSError as exc:
+        record = {"file": path, "verdict": Verdict.ERROR.value, "error": f"cannot read: {exc.strerror or exc}"}
+        return FileResult(path, Verdict.ERROR, record)
+    outcome = pipeline.run(raw, config)
+    return FileResult(path, outcome.decision.verdict, to_record(path, outcome))
+
+
+def to_record(path: str, outcome: pipeline.Outcome) -> dict:
+    spam, virus, decision = outcome.results.spam, outcome.results.virus, outcome.decision
+    record: dict = {"file": path, "verdict": decision.verdict.value, "action": decision.action.value}
+    if isinstance(spam, SpamReport):
+        record["spam"] = {"score": spam.score, "threshold": spam.threshold, "tests": list(spam.tests)}
+    elif isinstance(spam, SpamSkipped):
+        record["spam"] = {"score": None, "threshold": None, "tests": [], "skipped": spam.reason}
+    else:
+        record["spam"] = {"score": None, "threshold": None, "tests": [], "error": spam.describe()}
+    if isinstance(virus, VirusReport):
+        record["virus"] = {"names": list(virus.names), "code": virus.code, "text": clamscan_code_text(virus.code)}
+    else:
+        code = virus.code if virus.code is not None else ERROR_CODE
+        record["virus"] = {"names": [], "code": code, "text": clamscan_code_text(code), "error": virus.describe()}
+    record["errors"] = [f.describe() for f in outcome.results.failures]
+    record["headers"] = [[name, value] for name, value in decision.headers]
+    return record
+
+
+def human(result: FileResult) -> str:
+    r = result.record
+    lines = [f"{printable(result.file)}: {r['verdict'].upper()}"]
+    if "error" in r:
+        lines.append(f"  error: {r['error']}")
+        return "\n".join(lines)
+    spam, virus = r["spam"], r["virus"]
+    if spam.get("score") is not None:
+        lines.append(f"  spam:    {spam['score']:.1f} / {spam['threshold']:.1f}  {','.join(spam['tests']) or '-'}")
+    else:
+        lines.append(f"  spam:    {spam.get('skipped') or spam.get('error')}")
+    lines.append(f"  virus:   {', '.join(virus['names']) or virus['text']}" + (f" ({virus['error']})" if "error" in virus else ""))
+    lines.append(f"  action:  {r['action']}")
+    lines.extend(f"  {name}: {value}" for name, value in r["headers"])
+    return "\n".join(lines)
+
+
+def run(paths: list[str], config: Config, as_json: bool, echo) -> int:  # noqa: ANN001
+    status = EXIT_CLEAN
+    for path in paths:
+        result = scan_file(path, config)
+        echo(json.dumps(result.record, sort_keys=True) if as_json else human(result))
+        if result.verdict is Verdict.ERROR:
+            status = EXIT_ERROR
+        elif result.verdict in (Verdict.SPAM, Verdict.VIRUS) and status == EXIT_CLEAN:
+            status = EXIT_FOUND
+    return status

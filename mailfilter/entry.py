@@ -1,0 +1,55 @@
+"""The `mailfilter` console script.
+
+`pipe` is dispatched here, before click is imported: click would answer a usage
+error with exit 2, which pipe(8) bounces, and importing it costs time on every
+message. Everything else goes to the click CLI.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+EX_TEMPFAIL = 75
+_VALUE_OPTIONS = ("-c", "--config")
+
+
+def _command(argv: list[str]) -> str | None:
+    """The first word that is neither an option nor the value of --config."""
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg in _VALUE_OPTIONS:
+            skip = True
+        elif arg == "--" or not arg.startswith("-"):
+            return arg
+    return None
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if _command(argv) == "pipe":
+        status = EX_TEMPFAIL
+        try:
+            from .doors import pipe
+
+            status = pipe.main(argv, sys.stdin.buffer, sys.stdout)
+        except BaseException:  # noqa: BLE001 - last resort: pipe.main already catches everything
+            try:
+                sys.stdout.write("4.3.0 mailfilter: internal error, message deferred\n")
+            except BaseException:  # noqa: BLE001
+                pass
+        finally:
+            try:
+                sys.stdout.flush()
+                import logging
+
+                logging.shutdown()
+            except BaseException:  # noqa: BLE001
+                pass
+            # os._exit: no interpreter shutdown that could wait on a scanner thread or raise.
+            os._exit(status if status in (0, 69, 75) else EX_TEMPFAIL)
+    from .cli import cli
+
+    cli.main(args=argv, prog_name="mailfilter")

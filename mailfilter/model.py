@@ -1,0 +1,155 @@
+"""The values that flow through the pipeline: envelope, scanner outcomes, verdict.
+
+Everything here is a frozen dataclass or an enum, with no I/O, so that every
+door (pipe, milter, CLI) and the pure policy speak the same types.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Literal
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """Who the message is from and for, as the MTA told us."""
+
+    sender: str
+    recipients: tuple[str, ...]
+    queue_id: str | None = None
+
+
+class Verdict(str, enum.Enum):
+    """What the message is (or that we could not tell)."""
+
+    CLEAN = "clean"
+    SPAM = "spam"
+    VIRUS = "virus"
+    ERROR = "error"
+
+
+class Action(str, enum.Enum):
+    """What happens to the message."""
+
+    DELIVER = "deliver"
+    QUARANTINE = "quarantine"
+    REJECT = "reject"
+    TEMPFAIL = "tempfail"
+
+
+class Cause(str, enum.Enum):
+    """Why a scanner gave no answer."""
+
+    UNAVAILABLE = "unavailable"  # could not connect
+    TIMEOUT = "timeout"  # connected, no answer in time
+    ERROR = "error"  # answered with an error
+    TOO_LARGE = "too-large"  # refused the message because of its size
+
+
+SCANNER_SPAMD = "spamd"
+SCANNER_CLAMAV = "clamav"
+
+
+@dataclass(frozen=True)
+class SpamReport:
+    """spamd's answer."""
+
+    score: float
+    threshold: float
+    tests: tuple[str, ...] = ()
+
+    @property
+    def is_spam(self) -> bool:
+        return self.score >= self.threshold
+
+
+@dataclass(frozen=True)
+class SpamSkipped:
+    """The message was not sent to spamd (for example: over the size limit)."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
+class VirusReport:
+    """ClamAV's answer: no names means clean."""
+
+    names: tuple[str, ...] = ()
+    code: int = 0  # clamscan-style exit status: 0 clean, 1 found
+
+    @property
+    def infected(self) -> bool:
+        return bool(self.names)
+
+
+@dataclass(frozen=True)
+class ScanFailure:
+    """A scanner that could not give an answer. Never read as clean."""
+
+    scanner: str
+    cause: Cause
+    text: str
+    code: int | None = None  # clamscan exit status when the clamscan backend failed
+
+    def describe(self) -> str:
+        return f"{self.scanner} {self.cause.value}: {self.text}"
+
+
+SpamOutcome = SpamReport | SpamSkipped | ScanFailure
+VirusOutcome = VirusReport | ScanFailure
+
+
+@dataclass(frozen=True)
+class ScanResults:
+    """What the scanners said about one message."""
+
+    spam: SpamOutcome
+    virus: VirusOutcome
+
+    @property
+    def failures(self) -> tuple[ScanFailure, ...]:
+        return tuple(o for o in (self.spam, self.virus) if isinstance(o, ScanFailure))
+
+
+@dataclass(frozen=True)
+class Dsn:
+    """An enhanced status code with its text, as Postfix reads it from us.
+
+    The class digit decides between defer (4) and bounce (5); the type
+    checks it so a tempfail can never be written with a 5.
+    """
+
+    status: tuple[Literal[4, 5], int, int]
+    text: str
+
+    def __post_init__(self) -> None:
+        klass, subject, detail = self.status
+        if klass not in (4, 5) or not (0 <= subject <= 999 and 0 <= detail <= 999):
+            raise ValueError(f"bad DSN status {self.status!r}")
+        if "\n" in self.text or "\r" in self.text:
+            raise ValueError("DSN text must be one line")
+
+    @property
+    def temporary(self) -> bool:
+        return self.status[0] == 4
+
+    def line(self) -> str:
+        return "{}.{}.{} {}".format(*self.status, self.text)
+
+
+class ReportKind(str, enum.Enum):
+    VIRUS_FOUND = "virus-found"
+    SCANNER_FAILED = "scanner-failed"
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The policy's answer for one message."""
+
+    verdict: Verdict
+    action: Action
+    headers: tuple[tuple[str, str], ...] = ()
+    dsn: Dsn | None = None
+    report: ReportKind | None = None
+    warnings: tuple[str, ...] = field(default=())

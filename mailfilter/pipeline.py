@@ -1,0 +1,58 @@
+"""Scan one message with spamd and ClamAV at the same time, then ask the policy.
+
+Both scanners run concurrently (spamd on the event loop, ClamAV in a worker
+thread), so a message costs about the slower of the two, not their sum. Each
+scanner has its own timeout; a scanner that overruns it is a ScanFailure, never
+a hang and never a clean result.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+from . import policy
+from .config import Config
+from .model import SCANNER_CLAMAV, SCANNER_SPAMD, Cause, Decision, ScanFailure, ScanResults, VirusOutcome
+
+
+@dataclass(frozen=True)
+class Outcome:
+    results: ScanResults
+    decision: Decision
+
+
+async def _virus(message: bytes, config: Config) -> VirusOutcome:
+    if config.clamd.backend == "clamscan":
+        from .scanners import clamscan as backend
+    else:
+        from .scanners import clamd as backend
+    return await asyncio.to_thread(backend.scan, message, config.clamd)
+
+
+async def _bounded(coro, timeout: float, scanner: str):  # noqa: ANN001, ANN202
+    # The scanners enforce their own timeouts; this is the backstop for one that does not.
+    try:
+        return await asyncio.wait_for(coro, timeout + 5.0)
+    except asyncio.TimeoutError:
+        return ScanFailure(scanner, Cause.TIMEOUT, f"no answer within {timeout:g} s")
+
+
+async def scan_async(message: bytes, config: Config) -> ScanResults:
+    from .scanners import spamd
+
+    spam, virus = await asyncio.gather(
+        _bounded(spamd.scan(message, config.spamd), config.spamd.timeout, SCANNER_SPAMD),
+        _bounded(_virus(message, config), config.clamd.timeout, SCANNER_CLAMAV),
+    )
+    return ScanResults(spam=spam, virus=virus)
+
+
+def scan(message: bytes, config: Config) -> ScanResults:
+    return asyncio.run(scan_async(message, config))
+
+
+def run(message: bytes, config: Config) -> Outcome:
+    """Scan MESSAGE and decide. Blocking; for callers without an event loop."""
+    results = scan(message, config)
+    return Outcome(results, policy.decide(results, config))

@@ -1,0 +1,90 @@
+"""decide(results, config) -> Decision: what to do with one scanned message.
+
+Pure: no I/O, no clock, no imports of any door. The order of precedence:
+
+1. a virus found: quarantine (or reject, by policy), and report to the admin;
+2. a scanner that failed, with on_error = "tempfail": defer, and report;
+   with on_error = "accept": go on, mark the message Unscanned, warn;
+3. spam at or above spam_reject_score: reject; at or above the quarantine score: quarantine;
+4. otherwise deliver, with our headers.
+"""
+
+from __future__ import annotations
+
+from .config import Config
+from .model import (
+    SCANNER_SPAMD,
+    Action,
+    Decision,
+    Dsn,
+    ReportKind,
+    ScanFailure,
+    ScanResults,
+    SpamReport,
+    SpamSkipped,
+    Verdict,
+    VirusReport,
+)
+
+PRODUCT = "mailfilter"
+
+# 4.7.1 for a deferred scan, the same status the milter answers with (451 4.7.1).
+TEMPFAIL_STATUS = (4, 7, 1)
+
+
+def on_error(failure: ScanFailure, config: Config) -> str:
+    return config.spamd.on_error if failure.scanner == SCANNER_SPAMD else config.clamd.on_error
+
+
+def spam_headers(outcome: object) -> list[tuple[str, str]]:
+    if isinstance(outcome, SpamReport):
+        flag = "YES" if outcome.is_spam else "NO"
+        tests = ",".join(outcome.tests) or "none"
+        status = "{}, score={:.1f} required={:.1f} tests={}".format(
+            "Yes" if outcome.is_spam else "No", outcome.score, outcome.threshold, tests
+        )
+        return [("X-Spam-Flag", flag), ("X-Spam-Score", f"{outcome.score:.1f}"), ("X-Spam-Status", status)]
+    if isinstance(outcome, SpamSkipped):
+        return [("X-Spam-Status", f"No, skipped ({outcome.reason})")]
+    assert isinstance(outcome, ScanFailure)
+    return [("X-Spam-Status", f"Unscanned ({outcome.scanner} {outcome.cause.value})")]
+
+
+def virus_headers(outcome: object) -> list[tuple[str, str]]:
+    scanned = ("X-Virus-Scanned", f"ClamAV using {PRODUCT}")
+    if isinstance(outcome, VirusReport):
+        status = "Infected ({})".format(", ".join(outcome.names)) if outcome.infected else "Clean"
+        return [scanned, ("X-Virus-Status", status)]
+    assert isinstance(outcome, ScanFailure)
+    return [("X-Virus-Status", f"Unscanned ({outcome.scanner} {outcome.cause.value})")]
+
+
+def decide(results: ScanResults, config: Config) -> Decision:
+    headers = tuple(spam_headers(results.spam) + virus_headers(results.virus))
+
+    if isinstance(results.virus, VirusReport) and results.virus.infected:
+        names = ", ".join(results.virus.names)
+        if config.policy.virus == "reject":
+            dsn = Dsn((5, 7, 1), f"message rejected: virus found: {names}")
+            return Decision(Verdict.VIRUS, Action.REJECT, headers, dsn, ReportKind.VIRUS_FOUND)
+        return Decision(Verdict.VIRUS, Action.QUARANTINE, headers, None, ReportKind.VIRUS_FOUND)
+
+    warnings = []
+    for failure in results.failures:
+        if on_error(failure, config) == "tempfail":
+            dsn = Dsn(TEMPFAIL_STATUS, f"{PRODUCT}: {failure.scanner} {failure.cause.value}, message deferred")
+            return Decision(Verdict.ERROR, Action.TEMPFAIL, headers, dsn, ReportKind.SCANNER_FAILED)
+        warnings.append(f"delivered unscanned by {failure.scanner} (on_error=accept): {failure.describe()}")
+    if warnings:
+        return Decision(Verdict.ERROR, Action.DELIVER, headers, None, ReportKind.SCANNER_FAILED, tuple(warnings))
+
+    spam = results.spam
+    if isinstance(spam, SpamReport):
+        if spam.score >= config.policy.spam_reject_score:
+            dsn = Dsn((5, 7, 1), f"message rejected as spam (score {spam.score:.1f})")
+            return Decision(Verdict.SPAM, Action.REJECT, headers, dsn)
+        if spam.score >= config.quarantine.spam_score:
+            return Decision(Verdict.SPAM, Action.QUARANTINE, headers)
+        if spam.is_spam:
+            return Decision(Verdict.SPAM, Action.DELIVER, headers)
+    return Decision(Verdict.CLEAN, Action.DELIVER, headers)

@@ -1,0 +1,99 @@
+"""ClamAV through clamd (pyclamd, the INSTREAM command), run in a worker thread."""
+
+from __future__ import annotations
+
+import socket
+import time
+
+from ..config import ClamdConfig
+from ..model import SCANNER_CLAMAV, Cause, ScanFailure, VirusOutcome, VirusReport
+
+CHUNK = 64 * 1024
+
+
+def _client_classes(pyclamd, deadline: float):  # noqa: ANN001 - the module, imported lazily
+    """pyclamd's clients, with a socket that keeps one deadline for the whole exchange.
+
+    pyclamd's INSTREAM loop uses send(), which may write only part of a chunk
+    and corrupt the stream, and it retries a timed-out recv() five times; the
+    wrapper sends with sendall() and fails every call once the deadline has passed.
+    """
+
+    class Deadlined:
+        def __init__(self, sock: socket.socket) -> None:
+            self._sock = sock
+
+        def _arm(self) -> None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("clamd deadline passed")
+            self._sock.settimeout(left)
+
+        def send(self, data: bytes) -> None:
+            self._arm()
+            self._sock.sendall(data)
+
+        def recv(self, size: int) -> bytes:
+            self._arm()
+            return self._sock.recv(size)
+
+        def close(self) -> None:
+            self._sock.close()
+
+    class Unix(pyclamd.ClamdUnixSocket):
+        def _init_socket(self) -> None:
+            super()._init_socket()
+            self.clamd_socket = Deadlined(self.clamd_socket)
+
+    class Network(pyclamd.ClamdNetworkSocket):
+        def _init_socket(self) -> None:
+            super()._init_socket()
+            self.clamd_socket = Deadlined(self.clamd_socket)
+
+    return Unix, Network
+
+
+def scan(message: bytes, config: ClamdConfig) -> VirusOutcome:
+    """Blocking: call it from a thread (the pipeline does)."""
+    import pyclamd
+
+    unix, network = _client_classes(pyclamd, time.monotonic() + config.timeout)
+    try:
+        # pyclamd's constructors connect at once, so they belong inside the try.
+        if config.host:
+            client = network(config.host, config.port, timeout=config.timeout)
+        else:
+            client = unix(config.socket, timeout=config.timeout)
+        answer = client.scan_stream(message, chunk_size=CHUNK)
+    except pyclamd.BufferTooLongError as exc:
+        return ScanFailure(SCANNER_CLAMAV, Cause.TOO_LARGE, f"clamd refused the message ({len(message)} bytes): {exc}; raise clamd's StreamMaxLength")
+    except (pyclamd.ConnectionError, TimeoutError) as exc:
+        # pyclamd wraps socket errors in its own ConnectionError; the original is the context.
+        if isinstance(exc, TimeoutError) or isinstance(exc.__context__, TimeoutError):
+            return ScanFailure(SCANNER_CLAMAV, Cause.TIMEOUT, f"no answer within {config.timeout:g} s")
+        return ScanFailure(SCANNER_CLAMAV, Cause.UNAVAILABLE, _describe(exc))
+    except OSError as exc:
+        return ScanFailure(SCANNER_CLAMAV, Cause.ERROR, f"connection broken: {exc.strerror or exc}")
+    return interpret(answer)
+
+
+def interpret(answer: dict | None) -> VirusOutcome:
+    """pyclamd's result: None is clean; ('FOUND', name) infected; ('ERROR', text) is an error, never clean."""
+    if not answer:
+        return VirusReport()
+    names, errors = [], []
+    for status, reason in answer.values():
+        (names if status == "FOUND" else errors).append(reason)
+    if names:
+        return VirusReport(tuple(names), code=1)
+    text = "; ".join(errors) or "unreadable answer"
+    if "size limit" in text.lower():
+        return ScanFailure(SCANNER_CLAMAV, Cause.TOO_LARGE, f"{text}; raise clamd's StreamMaxLength")
+    return ScanFailure(SCANNER_CLAMAV, Cause.ERROR, text)
+
+
+def _describe(exc: BaseException) -> str:
+    context = exc.__context__
+    if isinstance(context, OSError) and context.strerror:
+        return f"{exc} ({context.strerror})"
+    return str(exc)
