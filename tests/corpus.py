@@ -6,6 +6,7 @@ Used by the test suite and by scripts/demo to write samples/.
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
 import zipfile
 from email.message import EmailMessage
@@ -27,7 +28,7 @@ def _base(subject: str, sender: str = "alice@example.org", to: str = "bob@exampl
     msg["To"] = to
     msg["Subject"] = subject
     msg["Date"] = "Fri, 27 Nov 2026 10:00:00 +0000"
-    msg["Message-ID"] = f"<{abs(hash(subject)) % 10**12}@example.org>"
+    msg["Message-ID"] = f"<{hashlib.sha256(subject.encode()).hexdigest()[:16]}@example.org>"
     msg["Received"] = "from mx.example.org (mx.example.org [192.0.2.1]) by mail.example.net with ESMTP id 4F2A1C"
     return msg
 

@@ -40,15 +40,27 @@ def _client_classes(pyclamd, deadline: float):  # noqa: ANN001 - the module, imp
         def close(self) -> None:
             self._sock.close()
 
-    class Unix(pyclamd.ClamdUnixSocket):
+    class Closing:
+        """pyclamd leaves its socket open when connect() or the exchange fails; close it always."""
+
         def _init_socket(self) -> None:
-            super()._init_socket()
+            try:
+                super()._init_socket()  # type: ignore[misc]
+            except BaseException:
+                self.close()
+                raise
             self.clamd_socket = Deadlined(self.clamd_socket)
 
-    class Network(pyclamd.ClamdNetworkSocket):
-        def _init_socket(self) -> None:
-            super()._init_socket()
-            self.clamd_socket = Deadlined(self.clamd_socket)
+        def close(self) -> None:
+            sock = getattr(self, "clamd_socket", None)
+            if sock is not None:
+                sock.close()
+
+    class Unix(Closing, pyclamd.ClamdUnixSocket):
+        pass
+
+    class Network(Closing, pyclamd.ClamdNetworkSocket):
+        pass
 
     return Unix, Network
 
@@ -58,6 +70,7 @@ def scan(message: bytes, config: ClamdConfig) -> VirusOutcome:
     import pyclamd
 
     unix, network = _client_classes(pyclamd, time.monotonic() + config.timeout)
+    client = None
     try:
         # pyclamd's constructors connect at once, so they belong inside the try.
         if config.host:
@@ -74,6 +87,9 @@ def scan(message: bytes, config: ClamdConfig) -> VirusOutcome:
         return ScanFailure(SCANNER_CLAMAV, Cause.UNAVAILABLE, _describe(exc))
     except OSError as exc:
         return ScanFailure(SCANNER_CLAMAV, Cause.ERROR, f"connection broken: {exc.strerror or exc}")
+    finally:
+        if client is not None:
+            client.close()
     return interpret(answer)
 
 

@@ -1,4 +1,4 @@
-"""SpamAssassin through spamd (aiospamc, the SYMBOLS command)."""
+"""SpamAssassin through spamd (aiospamc's client, the SYMBOLS command)."""
 
 from __future__ import annotations
 
@@ -16,19 +16,50 @@ def _quiet_aiospamc() -> None:
     logger.disable("aiospamc")
 
 
+def _client(config: SpamdConfig):  # noqa: ANN202 - aiospamc's Client, imported lazily
+    """An aiospamc Client whose connection is closed on every path.
+
+    aiospamc's own connection managers leave the socket open when a request
+    times out or is cancelled (a file-descriptor leak in a long-lived daemon);
+    the subclass closes the writer in a finally.
+    """
+    from aiospamc.client import Client
+    from aiospamc.connections import TcpConnectionManager, Timeout, UnixConnectionManager
+
+    class Closing:
+        async def _send(self, data: bytes) -> bytes:
+            reader, writer = await self._connect()  # type: ignore[attr-defined]
+            try:
+                writer.write(data)
+                if writer.can_write_eof():
+                    writer.write_eof()
+                await writer.drain()
+                return await self._receive(reader)  # type: ignore[attr-defined]
+            finally:
+                writer.close()
+
+    class Unix(Closing, UnixConnectionManager):
+        pass
+
+    class Tcp(Closing, TcpConnectionManager):
+        pass
+
+    timeout = Timeout(total=config.timeout, connection=config.timeout, response=config.timeout)
+    manager = Unix(config.socket, timeout=timeout) if config.socket else Tcp(config.host, config.port, timeout=timeout)
+    return Client(manager)
+
+
 async def scan(message: bytes, config: SpamdConfig) -> SpamOutcome:
     if len(message) > config.max_size:
         return SpamSkipped(f"message larger than {config.max_size} bytes")
 
-    import aiospamc
     from aiospamc.exceptions import AIOSpamcConnectionFailed, ClientException, TimeoutException
+    from aiospamc.requests import Request
     from aiospamc.responses import ResponseException
 
     _quiet_aiospamc()
-    where = {"socket_path": config.socket} if config.socket else {"host": config.host, "port": config.port}
-    timeout = aiospamc.Timeout(total=config.timeout, connection=config.timeout, response=config.timeout)
     try:
-        response = await aiospamc.symbols(message, timeout=timeout, **where)
+        response = await _client(config).request(Request("SYMBOLS", body=message))
     except AIOSpamcConnectionFailed as exc:
         return ScanFailure(SCANNER_SPAMD, Cause.UNAVAILABLE, _text(exc) or "cannot connect")
     except (TimeoutException, asyncio.TimeoutError):

@@ -1,0 +1,124 @@
+"""The pipeline against the real spamd and clamd (and the real clamscan)."""
+
+import socket
+import threading
+
+import pytest
+
+import corpus
+from conftest import ROOT
+from mailfilter import config as configmod
+from mailfilter import pipeline
+from mailfilter.model import Action, Cause, ScanFailure, SpamReport, SpamSkipped, Verdict
+
+pytestmark = pytest.mark.daemons
+SIGNATURES = str(ROOT / "tests" / "signatures")
+
+
+@pytest.fixture
+def live(daemons):
+    def make(**sections):
+        base = {
+            "spamd": {"host": daemons["spamd_host"], "port": daemons["spamd_port"], "timeout": 30},
+            "clamd": {"socket": daemons["clamd_socket"], "timeout": 30},
+        }
+        for name, table in sections.items():
+            base.setdefault(name, {}).update(table)
+        return configmod.from_dict(base)
+
+    return make
+
+
+EXPECTED = [
+    ("clean", Verdict.CLEAN, None),
+    ("gtube", Verdict.SPAM, None),
+    ("eicar-base64", Verdict.VIRUS, "Eicar-Test-Signature"),
+    ("eicar-zip", Verdict.VIRUS, "Eicar-Test-Signature"),
+    ("clam-exe", Verdict.VIRUS, "ClamAV-Test-File"),
+    ("8bit-subject", Verdict.CLEAN, None),
+    ("spoofed-headers", Verdict.CLEAN, None),
+    ("malformed-mime", Verdict.CLEAN, None),
+]
+
+
+@pytest.mark.parametrize(("name", "verdict", "virus"), EXPECTED)
+@pytest.mark.parametrize("backend", ["clamd", "clamscan"])
+def test_corpus_verdicts(live, name, verdict, virus, backend):
+    config = live(clamd={"backend": backend, "clamscan": ["/usr/bin/clamscan", f"--database={SIGNATURES}"]})
+    outcome = pipeline.run(corpus.ALL[name](), config)
+    assert outcome.decision.verdict is verdict, outcome
+    assert isinstance(outcome.results.spam, SpamReport)
+    if virus:
+        assert outcome.results.virus.names[0].startswith(virus)
+    if name == "gtube":
+        assert outcome.results.spam.score >= 1000 and "GTUBE" in outcome.results.spam.tests
+
+
+@pytest.mark.parametrize("sample", ["clam.zip", "clam.exe.mbox.base64", "clam.mail", "clam.tar.gz", "clam.exe.mbox.uu"])
+def test_clamav_testfiles_samples_are_viruses(live, sample):
+    with open(f"{corpus.TESTFILES}/{sample}", "rb") as fh:
+        outcome = pipeline.run(fh.read(), live())
+    assert outcome.decision.verdict is Verdict.VIRUS
+    assert outcome.results.virus.names[0].startswith("ClamAV-Test-File")
+
+
+def test_large_message_skips_spamd_but_not_clamav(live):
+    raw = corpus.eicar_attached() + b"x" * 2000
+    outcome = pipeline.run(raw, live(spamd={"max_size": 1000}))
+    assert isinstance(outcome.results.spam, SpamSkipped)
+    assert outcome.decision.verdict is Verdict.VIRUS
+
+
+def test_clamscan_with_a_broken_database_is_an_error_with_its_code(live, tmp_path):
+    config = live(clamd={"backend": "clamscan", "clamscan": ["/usr/bin/clamscan", f"--database={tmp_path}"]})
+    outcome = pipeline.run(corpus.clean(), config)
+    failure = outcome.results.virus
+    assert isinstance(failure, ScanFailure) and failure.code == 2 and "an error occurred" in failure.text
+    assert outcome.decision.action is Action.TEMPFAIL
+
+
+@pytest.fixture
+def mute_server():
+    """A TCP server on loopback that accepts and never answers, like a hung daemon."""
+    server = socket.create_server(("127.0.0.1", 0))
+    held = []
+    stop = threading.Event()
+
+    def serve():
+        server.settimeout(0.1)
+        while not stop.is_set():
+            try:
+                held.append(server.accept()[0])
+            except TimeoutError:
+                continue
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    yield server.getsockname()[1]
+    stop.set()
+    thread.join()
+    for conn in held:
+        conn.close()
+    server.close()
+
+
+def test_hung_spamd_is_a_timeout_not_a_hang(live, mute_server):
+    outcome = pipeline.run(corpus.clean(), live(spamd={"host": "127.0.0.1", "port": mute_server, "timeout": 1}))
+    assert isinstance(outcome.results.spam, ScanFailure) and outcome.results.spam.cause is Cause.TIMEOUT
+    assert outcome.decision.action is Action.TEMPFAIL
+
+
+def test_hung_clamd_is_a_timeout_not_a_hang(live, mute_server):
+    outcome = pipeline.run(corpus.clean(), live(clamd={"host": "127.0.0.1", "port": mute_server, "timeout": 1}))
+    assert isinstance(outcome.results.virus, ScanFailure) and outcome.results.virus.cause is Cause.TIMEOUT
+    assert outcome.decision.action is Action.TEMPFAIL
+
+
+def test_clamd_over_tcp(live, daemons):
+    outcome = pipeline.run(corpus.eicar_attached(), live(clamd={"host": daemons["clamd_host"], "port": daemons["clamd_port"]}))
+    assert outcome.decision.verdict is Verdict.VIRUS
+
+
+def test_nothing_listening_is_unavailable(live, tmp_path):
+    outcome = pipeline.run(corpus.clean(), live(spamd={"port": 1}, clamd={"socket": str(tmp_path / "none.ctl")}))
+    assert outcome.results.spam.cause is Cause.UNAVAILABLE and outcome.results.virus.cause is Cause.UNAVAILABLE
