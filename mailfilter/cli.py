@@ -26,7 +26,13 @@ class Context:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("-c", "--config", "config_path", metavar="PATH", help=f"TOML config file (default: ${configmod.ENV_VAR} or {configmod.DEFAULT_PATH}).")
+@click.option(
+    "-c",
+    "--config",
+    "config_path",
+    metavar="PATH",
+    help=f"TOML config file (default: ${configmod.ENV_VAR} or {configmod.DEFAULT_PATH}).",
+)
 @click.version_option(__version__, prog_name="mailfilter")
 @click.pass_context
 def cli(ctx: click.Context, config_path: str | None) -> None:
@@ -76,4 +82,3 @@ def config_cmd(obj: Context, defaults: bool) -> None:
         return
     config = obj.load()
     click.echo(f"configuration OK: {config.source}")
-

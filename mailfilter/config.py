@@ -11,8 +11,9 @@ from __future__ import annotations
 import math
 import os
 import tomllib
+from collections.abc import Callable
 from dataclasses import MISSING, dataclass, field, fields
-from typing import Any, Callable
+from typing import Any
 
 ENV_VAR = "MAILFILTER_CONFIG"
 DEFAULT_PATH = "/etc/mailfilter/mailfilter.toml"
@@ -64,24 +65,28 @@ class SpamdConfig:
     port: int = _key(783, "spamd TCP port", _port)
     socket: str = _key("", "spamd unix socket path; when set, host and port are not used")
     timeout: float = _key(60.0, "seconds to wait for spamd's answer", _positive)
-    on_error: str = _key("tempfail", "spamd down/timeout/error: 'tempfail' (keep mail queued) or 'accept' (deliver unscanned)", ON_ERROR)
+    on_error: str = _key(
+        "tempfail", "spamd down, timing out or failing: 'tempfail' (keep mail queued) or 'accept' (deliver unscanned)", ON_ERROR
+    )
     max_size: int = _key(512000, "bytes; larger messages are not sent to spamd (like spamc), always to ClamAV", _positive)
 
 
 @dataclass(frozen=True)
 class ClamdConfig:
-    backend: str = _key("clamd", "'clamd' (resident daemon, INSTREAM) or 'clamscan' (one process per message)", _one_of("clamd", "clamscan"))
+    backend: str = _key("clamd", "'clamd' (resident daemon, INSTREAM) or 'clamscan' (a process per message)", _one_of("clamd", "clamscan"))
     socket: str = _key("/var/run/clamav/clamd.ctl", "clamd unix socket path (used when host is empty)")
     host: str = _key("", "clamd TCP host; when set, the socket is not used")
     port: int = _key(3310, "clamd TCP port", _port)
     timeout: float = _key(60.0, "seconds to wait for ClamAV's answer", _positive)
-    on_error: str = _key("tempfail", "ClamAV down/timeout/error: 'tempfail' (keep mail queued) or 'accept' (deliver unscanned)", ON_ERROR)
-    clamscan: list = _key(["/usr/bin/clamscan"], "clamscan backend: command and extra arguments (for example --database=DIR)", _argv)
+    on_error: str = _key(
+        "tempfail", "ClamAV down, timing out or failing: 'tempfail' (keep mail queued) or 'accept' (deliver unscanned)", ON_ERROR
+    )
+    clamscan: list = _key(["/usr/bin/clamscan"], "clamscan backend: command and extra arguments (e.g. --database=DIR)", _argv)  # noqa: RUF009
 
 
 @dataclass(frozen=True)
 class DeliveryConfig:
-    sendmail: list = _key(["/usr/sbin/sendmail"], "the sendmail command (argv list); mailfilter adds -G -i -f SENDER -- RCPT...", _argv)
+    sendmail: list = _key(["/usr/sbin/sendmail"], "sendmail command (argv list); mailfilter adds -G -i -f SENDER -- RCPT...", _argv)  # noqa: RUF009
     timeout: float = _key(120.0, "seconds sendmail may take to accept one message", _positive)
 
 
@@ -93,7 +98,9 @@ class QuarantineConfig:
 
 @dataclass(frozen=True)
 class PolicyConfig:
-    virus: str = _key("quarantine", "'quarantine' (hold, tell the admin) or 'reject' (pipe: bounce with 5.7.1, exit 69)", _one_of("quarantine", "reject"))
+    virus: str = _key(
+        "quarantine", "'quarantine' (hold, tell the admin) or 'reject' (pipe: bounce with 5.7.1, exit 69)", _one_of("quarantine", "reject")
+    )
     spam_reject_score: float = _key(math.inf, "reject spam at or above this score (pipe: bounce with 5.7.1, exit 69; inf: never)", _score)
 
 
@@ -107,7 +114,7 @@ class ReportConfig:
 
 @dataclass(frozen=True)
 class PipeConfig:
-    deadline: float = _key(300.0, "seconds one `pipe` run may take before it defers (keep below Postfix's command_time_limit)", _positive)
+    deadline: float = _key(300.0, "seconds one `pipe` run may take before it defers (below Postfix's command_time_limit)", _positive)
 
 
 @dataclass(frozen=True)
@@ -172,12 +179,12 @@ def from_dict(data: dict[str, Any], source: str = "(dict)") -> Config:
         cls = SECTIONS[name]
         known = {f.name: f for f in fields(cls)}
         values = {}
-        for key, value in table.items():
+        for key, given in table.items():
             where = f"{source}: [{name}] {key}"
             if key not in known:
                 raise ConfigError(f"{where}: unknown key (known: {', '.join(known)})")
             f = known[key]
-            value = _convert(where, value, f.type)
+            value = _convert(where, given, f.type)
             check = f.metadata["check"]
             problem = check(value) if check else None
             if problem:

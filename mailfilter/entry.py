@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> None:
         except BaseException:  # noqa: BLE001 - last resort: pipe.main already catches everything
             try:
                 sys.stdout.write("4.3.0 mailfilter: internal error, message deferred\n")
-            except BaseException:  # noqa: BLE001
+            except BaseException:  # noqa: BLE001, S110 - nothing left to tell; the exit status still defers
                 pass
         finally:
             try:
@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> None:
                 import logging
 
                 logging.shutdown()
-            except BaseException:  # noqa: BLE001
+            except BaseException:  # noqa: BLE001, S110 - flushing is best effort; the exit status must still go out
                 pass
             # os._exit: no interpreter shutdown that could wait on a scanner thread or raise.
             os._exit(status if status in (0, 69, 75) else EX_TEMPFAIL)

@@ -12,7 +12,7 @@ import time
 
 from .config import LogConfig
 from .message import printable
-from .model import Decision, Envelope, ScanFailure, ScanResults, SpamReport, SpamSkipped, VirusReport
+from .model import Decision, Envelope, ScanResults, SpamOutcome, SpamReport, SpamSkipped, VirusOutcome, VirusReport
 
 LOGGER = "mailfilter"
 _PREFIX = {logging.WARNING: "warning: ", logging.ERROR: "error: ", logging.CRITICAL: "fatal: "}
@@ -81,19 +81,17 @@ def configure(tag: str, config: LogConfig | None, stderr: bool) -> logging.Logge
     return logger
 
 
-def _spam(outcome: object) -> str:
+def _spam(outcome: SpamOutcome) -> str:
     if isinstance(outcome, SpamReport):
         return f"{outcome.score:.1f}/{outcome.threshold:.1f}"
     if isinstance(outcome, SpamSkipped):
         return "skipped"
-    assert isinstance(outcome, ScanFailure)
     return f"error({outcome.cause.value})"
 
 
-def _virus(outcome: object) -> str:
+def _virus(outcome: VirusOutcome) -> str:
     if isinstance(outcome, VirusReport):
         return ",".join(outcome.names) if outcome.infected else "none"
-    assert isinstance(outcome, ScanFailure)
     return f"error({outcome.cause.value})"
 
 

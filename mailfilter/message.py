@@ -91,9 +91,14 @@ def header_value(value: str, limit: int = 900) -> str:
     return value[:limit]
 
 
+def _escape(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 256 else f"\\u{code:04x}"
+
+
 def printable(text: str, limit: int = 500) -> str:
     """TEXT safe to print on a terminal or in a report: control characters escaped, one line."""
-    out = _CONTROL.sub(lambda m: "\\x%02x" % ord(m.group()) if ord(m.group()) < 256 else "\\u%04x" % ord(m.group()), text)
+    out = _CONTROL.sub(_escape, text)
     if len(out) > limit:
         out = out[:limit] + "..."
     return out

@@ -20,7 +20,7 @@ class Envelope:
     queue_id: str | None = None
 
 
-class Verdict(str, enum.Enum):
+class Verdict(enum.StrEnum):
     """What the message is (or that we could not tell)."""
 
     CLEAN = "clean"
@@ -29,7 +29,7 @@ class Verdict(str, enum.Enum):
     ERROR = "error"
 
 
-class Action(str, enum.Enum):
+class Action(enum.StrEnum):
     """What happens to the message."""
 
     DELIVER = "deliver"
@@ -38,7 +38,7 @@ class Action(str, enum.Enum):
     TEMPFAIL = "tempfail"
 
 
-class Cause(str, enum.Enum):
+class Cause(enum.StrEnum):
     """Why a scanner gave no answer."""
 
     UNAVAILABLE = "unavailable"  # could not connect
@@ -138,7 +138,7 @@ class Dsn:
         return "{}.{}.{} {}".format(*self.status, self.text)
 
 
-class ReportKind(str, enum.Enum):
+class ReportKind(enum.StrEnum):
     VIRUS_FOUND = "virus-found"
     SCANNER_FAILED = "scanner-failed"
 

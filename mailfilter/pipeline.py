@@ -30,11 +30,11 @@ async def _virus(message: bytes, config: Config) -> VirusOutcome:
     return await asyncio.to_thread(backend.scan, message, config.clamd)
 
 
-async def _bounded(coro, timeout: float, scanner: str):  # noqa: ANN001, ANN202
+async def _bounded(coro, timeout: float, scanner: str):
     # The scanners enforce their own timeouts; this is the backstop for one that does not.
     try:
         return await asyncio.wait_for(coro, timeout + 5.0)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         return ScanFailure(scanner, Cause.TIMEOUT, f"no answer within {timeout:g} s")
 
 

@@ -20,9 +20,11 @@ from .model import (
     ReportKind,
     ScanFailure,
     ScanResults,
+    SpamOutcome,
     SpamReport,
     SpamSkipped,
     Verdict,
+    VirusOutcome,
     VirusReport,
 )
 
@@ -36,7 +38,7 @@ def on_error(failure: ScanFailure, config: Config) -> str:
     return config.spamd.on_error if failure.scanner == SCANNER_SPAMD else config.clamd.on_error
 
 
-def spam_headers(outcome: object) -> list[tuple[str, str]]:
+def spam_headers(outcome: SpamOutcome) -> list[tuple[str, str]]:
     if isinstance(outcome, SpamReport):
         flag = "YES" if outcome.is_spam else "NO"
         tests = ",".join(outcome.tests) or "none"
@@ -46,16 +48,14 @@ def spam_headers(outcome: object) -> list[tuple[str, str]]:
         return [("X-Spam-Flag", flag), ("X-Spam-Score", f"{outcome.score:.1f}"), ("X-Spam-Status", status)]
     if isinstance(outcome, SpamSkipped):
         return [("X-Spam-Status", f"No, skipped ({outcome.reason})")]
-    assert isinstance(outcome, ScanFailure)
     return [("X-Spam-Status", f"Unscanned ({outcome.scanner} {outcome.cause.value})")]
 
 
-def virus_headers(outcome: object) -> list[tuple[str, str]]:
+def virus_headers(outcome: VirusOutcome) -> list[tuple[str, str]]:
     scanned = ("X-Virus-Scanned", f"ClamAV using {PRODUCT}")
     if isinstance(outcome, VirusReport):
         status = "Infected ({})".format(", ".join(outcome.names)) if outcome.infected else "Clean"
         return [scanned, ("X-Virus-Status", status)]
-    assert isinstance(outcome, ScanFailure)
     return [("X-Virus-Status", f"Unscanned ({outcome.scanner} {outcome.cause.value})")]
 
 

@@ -36,7 +36,10 @@ def main() -> int:
 
     print(f"$ mailfilter --config {config.relative_to(ROOT)} scan samples/*.eml", flush=True)
     subprocess.run([*mailfilter, *files], check=False)
-    records = [json.loads(line) for line in subprocess.run([*mailfilter, "--json", *files], capture_output=True, check=False, text=True).stdout.splitlines()]
+    records = [
+        json.loads(line)
+        for line in subprocess.run([*mailfilter, "--json", *files], capture_output=True, check=False, text=True).stdout.splitlines()
+    ]
     wrong = [r for r in records if EXPECTED[Path(r["file"]).name] != r["verdict"]]
     for r in wrong:
         print(f"demo: {Path(r['file']).name}: expected {EXPECTED[Path(r['file']).name]}, got {r['verdict']}", file=sys.stderr)

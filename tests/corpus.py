@@ -125,3 +125,20 @@ ALL = {
     "spoofed-headers": spoofed_headers,
     "malformed-mime": malformed_mime,
 }
+
+
+def hostile() -> dict[str, bytes]:
+    """Malformed or abusive inputs that must get a verdict or a deferral, never a crash."""
+    nested = b"".join(b'Content-Type: multipart/mixed; boundary="b%d"\n\n--b%d\n' % (i, i) for i in range(300))
+    return {
+        "empty": b"",
+        "headers-only-no-newline": b"Subject: x\nFrom: a@b",
+        "nul-bytes-in-header": b"Subject: a\x00b\nFrom: \x00\n\nbody\x00\n",
+        "bare-cr": b"Subject: bare\rcr\rlines\r\rbody\r",
+        "crlf-and-lf-mixed": b"Subject: mixed\r\nFrom: a@b\n\r\nbody\r\n",
+        "megabyte-header-line": b"Subject: " + b"A" * 1_000_000 + b"\n\nbody\n",
+        "many-headers": b"".join(b"X-H%d: v\n" % i for i in range(10_000)) + b"\nbody\n",
+        "deep-mime-nesting": b"From: a@b\nMIME-Version: 1.0\n" + nested + b"deep\n",
+        "binary-garbage": bytes(range(256)) * 64,
+        "injecting-subject": injecting_subject(),
+    }

@@ -6,9 +6,10 @@ import re
 import pytest
 from click.testing import CliRunner
 
+from mailfilter.cli import cli
+
 import corpus
 from conftest import ROOT
-from mailfilter.cli import cli
 
 COMMANDS = sorted(cli.commands)
 

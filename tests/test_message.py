@@ -2,8 +2,9 @@
 
 import pytest
 
-import corpus
 from mailfilter import message
+
+import corpus
 
 OURS = (("X-Spam-Flag", "NO"), ("X-Virus-Status", "Clean"))
 
@@ -39,7 +40,10 @@ def test_crlf_messages_get_crlf_headers():
         (b"Subject: no newline", b"X-Spam-Flag: NO\nX-Virus-Status: Clean\nSubject: no newline\n"),
         (b"\nonly a body\n", b"X-Spam-Flag: NO\nX-Virus-Status: Clean\n\nonly a body\n"),
         (b"not a header line\nmore\n", b"X-Spam-Flag: NO\nX-Virus-Status: Clean\n\nnot a header line\nmore\n"),
-        (b"From sender@x Fri Nov 27\nSubject: s\n\nb\n", b"From sender@x Fri Nov 27\nX-Spam-Flag: NO\nX-Virus-Status: Clean\nSubject: s\n\nb\n"),
+        (
+            b"From sender@x Fri Nov 27\nSubject: s\n\nb\n",
+            b"From sender@x Fri Nov 27\nX-Spam-Flag: NO\nX-Virus-Status: Clean\nSubject: s\n\nb\n",
+        ),
     ],
 )
 def test_odd_messages_stay_messages(raw, expected):

@@ -10,10 +10,11 @@ import time
 
 import pytest
 
-import corpus
-from conftest import ROOT, mode, quarantined, run_pipe
 from mailfilter import pipeline
 from mailfilter.model import Cause, ScanFailure, ScanResults, SpamReport, VirusReport
+
+import corpus
+from conftest import ROOT, mode, quarantined, run_pipe
 
 HAM = SpamReport(0.3, 5.0, ("NONE",))
 SPAM = SpamReport(1000.0, 5.0, ("GTUBE",))
@@ -216,7 +217,9 @@ def test_help_exits_0():
     [["pipe"], ["pipe", "--bogus"], ["--config", "/nonexistent.toml", "pipe", "-f", "a", "--", "b"], ["-c", "/x", "pipe", "-f"]],
 )
 def test_console_script_never_exits_with_a_bouncing_status(argv):
-    proc = subprocess.run([sys.executable, "-m", "mailfilter", *argv], input=b"Subject: x\n\nbody\n", capture_output=True, cwd=ROOT, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "mailfilter", *argv], input=b"Subject: x\n\nbody\n", capture_output=True, cwd=ROOT, timeout=60
+    )
     assert proc.returncode == 75
     assert proc.stdout.decode().startswith("4.3.") and proc.stdout.decode().count("\n") == 1
     assert proc.stderr == b""

@@ -111,10 +111,23 @@ def test_console_script_end_to_end(real_config, sendmail, tmp_path):
     exe = ROOT / ".venv" / "bin" / "mailfilter"
     env = {"PATH": "/usr/bin:/bin", "MAILFILTER_CONFIG": real_config()}
     for raw, expected in [(corpus.clean(), 0), (corpus.eicar_attached(), 0)]:
-        proc = subprocess.run([str(exe), "pipe", "-q", "ABC123", *ENVELOPE], input=raw, capture_output=True, env=env, timeout=120, cwd=tmp_path)
+        proc = subprocess.run(
+            [str(exe), "pipe", "-q", "ABC123", *ENVELOPE], input=raw, capture_output=True, env=env, timeout=120, cwd=tmp_path
+        )
         assert (proc.returncode, proc.stdout, proc.stderr) == (expected, b"", b"")
     log = (tmp_path / "mailfilter.log").read_text()
     assert "ABC123: from=<alice@example.org>, nrcpt=2, verdict=clean" in log
     assert "verdict=virus" in log and "action=quarantine" in log
     assert os.path.getsize(tmp_path / "mailfilter.log") < 10000  # summary lines, never bodies
     assert b"lunch" not in (tmp_path / "mailfilter.log").read_bytes().lower()
+
+
+@pytest.mark.parametrize("name", sorted(corpus.hostile()))
+def test_hostile_input_gets_a_verdict_not_a_crash(real_config, sendmail, tmp_path, name):
+    raw = corpus.hostile()[name]
+    status, out = run_pipe(real_config(), raw)
+    assert status == 0 and out == ""
+    [(argv, data)] = sendmail.calls
+    assert argv[-2:] == ["bob@example.net", "carol@example.net"]
+    assert data.count(b"X-Virus-Status: Clean") == 1
+    assert "Traceback" not in (tmp_path / "mailfilter.log").read_text()

@@ -1,18 +1,19 @@
 """Admin report text, pinned by golden files (regenerate with MAILFILTER_REGOLD=1), and its rate limit."""
 
 import os
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
-import corpus
 from mailfilter import config as configmod
 from mailfilter.actions import ratelimit, report
 from mailfilter.model import Action, Cause, Decision, Envelope, ReportKind, ScanFailure, ScanResults, SpamReport, Verdict, VirusReport
 
+import corpus
+
 GOLDEN = Path(__file__).parent / "golden"
-NOW = datetime(2026, 11, 27, 12, 0, 0, tzinfo=timezone.utc)
+NOW = datetime(2026, 11, 27, 12, 0, 0, tzinfo=UTC)
 ENV = Envelope("alice@example.org", ("bob@example.net", "carol@example.net"), "4F2A1C")
 HAM = SpamReport(0.5, 5.0, ("NONE",))
 
@@ -52,12 +53,26 @@ def test_report_header_holds_only_our_values():
     data = report.render(VIRUS_CTX, configmod.ReportConfig(admin="root@example.net", sender="mf@example.net"), "mx1", NOW)
     head = data.split(b"\n\n", 1)[0].decode().splitlines()
     names = [line.split(":", 1)[0] for line in head]
-    assert names == ["From", "To", "Subject", "Date", "Message-ID", "Auto-Submitted", "MIME-Version", "Content-Type", "Content-Transfer-Encoding"]
+    assert names == [
+        "From",
+        "To",
+        "Subject",
+        "Date",
+        "Message-ID",
+        "Auto-Submitted",
+        "MIME-Version",
+        "Content-Type",
+        "Content-Transfer-Encoding",
+    ]
     assert "Subject: VIRUS FOUND" in head and "To: root@example.net" in head
 
 
 def test_unknown_exit_code_is_said_so():
-    c = ctx(corpus.clean(), ScanFailure("clamav", Cause.ERROR, "boom", code=99), Decision(Verdict.ERROR, Action.TEMPFAIL, report=ReportKind.SCANNER_FAILED))
+    c = ctx(
+        corpus.clean(),
+        ScanFailure("clamav", Cause.ERROR, "boom", code=99),
+        Decision(Verdict.ERROR, Action.TEMPFAIL, report=ReportKind.SCANNER_FAILED),
+    )
     text = body_of(report.render(c, configmod.ReportConfig(), "h", NOW))
     assert "Exit code:      99 (unknown error (exit status 99 is not a known clamscan code))" in text
 

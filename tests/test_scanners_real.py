@@ -5,11 +5,12 @@ import threading
 
 import pytest
 
-import corpus
-from conftest import ROOT
 from mailfilter import config as configmod
 from mailfilter import pipeline
 from mailfilter.model import Action, Cause, ScanFailure, SpamReport, SpamSkipped, Verdict
+
+import corpus
+from conftest import ROOT
 
 pytestmark = pytest.mark.daemons
 SIGNATURES = str(ROOT / "tests" / "signatures")

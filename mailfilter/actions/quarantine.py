@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 
@@ -58,7 +58,7 @@ def ensure_folder(folder: str) -> None:
 
 def store(message: bytes, meta: dict[str, Any], folder: str, now: datetime | None = None) -> str:
     """Store MESSAGE with META; return its id once both files are durable."""
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     ensure_folder(folder)
     qid = new_id(now)
     record = {"id": qid, "created": now.isoformat(timespec="seconds"), "size": len(message), **meta, "released": []}

@@ -15,8 +15,8 @@ from email.utils import format_datetime, make_msgid
 from .. import message as msgmod
 from ..config import Config, ReportConfig
 from ..exitcodes import clamscan_code_text
-from . import ratelimit, reinject
 from ..model import SCANNER_CLAMAV, Action, Cause, Decision, Envelope, ReportKind, ScanFailure, ScanResults
+from . import ratelimit, reinject
 
 SUBJECTS = {
     (ReportKind.VIRUS_FOUND, SCANNER_CLAMAV): "VIRUS FOUND",
@@ -26,9 +26,11 @@ SUBJECTS = {
 
 HINTS = {
     Cause.UNAVAILABLE: "The scanner did not accept a connection. Is the daemon running, and is its socket where the configuration says?",
-    Cause.TIMEOUT: "The scanner accepted the message but did not answer in time. Is it overloaded, or is the timeout too short for large messages?",
+    Cause.TIMEOUT: "The scanner accepted the message but did not answer in time. Is it overloaded, or is"
+    " the timeout too short for large messages?",
     Cause.ERROR: "The scanner answered with an error (see above). Its own log says more.",
-    Cause.TOO_LARGE: "The message is larger than the scanner accepts. Raise clamd's StreamMaxLength, or lower Postfix's message_size_limit to match.",
+    Cause.TOO_LARGE: "The message is larger than the scanner accepts. Raise clamd's StreamMaxLength, or lower"
+    " Postfix's message_size_limit to match.",
 }
 
 CLAMDSCAN_ERROR = 2  # the clamscan-style status for a clamd failure: "an error occurred"
@@ -49,7 +51,14 @@ class Context:
     suppressed: int = 0
 
 
-def context(envelope: Envelope, raw: bytes, results: ScanResults, decision: Decision, quarantine_id: str | None = None, suppressed: int = 0) -> Context:
+def context(
+    envelope: Envelope,
+    raw: bytes,
+    results: ScanResults,
+    decision: Decision,
+    quarantine_id: str | None = None,
+    suppressed: int = 0,
+) -> Context:
     parsed = msgmod.parse(raw)
     return Context(
         envelope=envelope,
@@ -102,13 +111,12 @@ def body(ctx: Context, hostname: str) -> str:
         lines.append("")
         lines.append(f"Virus:          {p(', '.join(names))}")
         lines.append(f"Quarantine id:  {ctx.quarantine_id or '(not quarantined)'}")
-    else:
-        assert failure is not None
+    elif failure is not None:
         code = failure.code if failure.code is not None else CLAMDSCAN_ERROR
         if ctx.decision.action is Action.TEMPFAIL:
             fate = "The message was not delivered: Postfix keeps it in its queue and retries later."
         else:
-            fate = "The message was delivered UNSCANNED by this scanner (on_error = \"accept\")."
+            fate = 'The message was delivered UNSCANNED by this scanner (on_error = "accept").'
         lines.append(f"mailfilter on {p(hostname)} could not scan a message.")
         lines.append(fate)
         lines.append("")

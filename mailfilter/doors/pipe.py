@@ -16,7 +16,7 @@ import signal
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import BinaryIO, TextIO
 
 from ..exitcodes import EX_OK, EX_TEMPFAIL, PIPE_EXIT_BY_ACTION
@@ -164,7 +164,7 @@ def main(argv: list[str], stdin: BinaryIO, stdout: TextIO, environ: Mapping[str,
                 logger.error("%s", dsn.text, exc_info=exc)
             else:
                 logger.warning("%s", dsn.text)
-        except BaseException:  # noqa: BLE001 - a broken log must not change the exit status
+        except BaseException:  # noqa: BLE001, S110 - a broken log must not change the exit status
             pass
         status, line = EX_TEMPFAIL, dsn.line()
     finally:
@@ -178,7 +178,7 @@ def main(argv: list[str], stdin: BinaryIO, stdout: TextIO, environ: Mapping[str,
     return status
 
 
-def filter_message(envelope: Envelope, raw: bytes, config, logger: logging.Logger, started: float) -> tuple[int, str | None]:  # noqa: ANN001
+def filter_message(envelope: Envelope, raw: bytes, config, logger: logging.Logger, started: float) -> tuple[int, str | None]:
     """Scan, decide, act. Returns the exit status and the status line to print (None on success)."""
     from .. import message, pipeline
     from ..actions import quarantine, reinject
@@ -201,7 +201,7 @@ def filter_message(envelope: Envelope, raw: bytes, config, logger: logging.Logge
     return PIPE_EXIT_BY_ACTION[decision.action], decision.dsn.line() if decision.dsn else None
 
 
-def quarantine_meta(envelope: Envelope, raw: bytes, outcome) -> dict:  # noqa: ANN001
+def quarantine_meta(envelope: Envelope, raw: bytes, outcome) -> dict:
     from .. import message
     from ..model import SpamReport, Verdict
 
@@ -224,14 +224,14 @@ def quarantine_meta(envelope: Envelope, raw: bytes, outcome) -> dict:  # noqa: A
     }
 
 
-def _report(envelope: Envelope, raw: bytes, outcome, quarantine_id: str | None, config, logger: logging.Logger) -> str:  # noqa: ANN001
+def _report(envelope: Envelope, raw: bytes, outcome, quarantine_id: str | None, config, logger: logging.Logger) -> str:
     """Send the admin report. Its failure is logged and never changes the message's fate,
     which is already sealed (delivered, durably quarantined, or about to be deferred)."""
     from ..actions import report
 
     ctx = report.context(envelope, raw, outcome.results, outcome.decision, quarantine_id)
     try:
-        return report.send(ctx, config, os.uname().nodename, datetime.now(timezone.utc))
+        return report.send(ctx, config, os.uname().nodename, datetime.now(UTC))
     except Exception as exc:  # noqa: BLE001 - see docstring
         logger.error("%s: admin report not sent: %s", envelope.queue_id or "NOQUEUE", exc)
         return "failed"

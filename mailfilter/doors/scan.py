@@ -9,7 +9,7 @@ from .. import pipeline
 from ..config import Config
 from ..exitcodes import clamscan_code_text
 from ..message import printable
-from ..model import ScanFailure, SpamReport, SpamSkipped, Verdict, VirusReport
+from ..model import SpamReport, SpamSkipped, Verdict, VirusReport
 
 # scan's own exit statuses (a terminal tool, not pipe(8)).
 EXIT_CLEAN, EXIT_FOUND, EXIT_ERROR = 0, 1, 2
@@ -70,7 +70,7 @@ def human(result: FileResult) -> str:
     return "\n".join(lines)
 
 
-def run(paths: list[str], config: Config, as_json: bool, echo) -> int:  # noqa: ANN001
+def run(paths: list[str], config: Config, as_json: bool, echo) -> int:
     status = EXIT_CLEAN
     for path in paths:
         result = scan_file(path, config)

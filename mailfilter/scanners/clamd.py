@@ -11,7 +11,7 @@ from ..model import SCANNER_CLAMAV, Cause, ScanFailure, VirusOutcome, VirusRepor
 CHUNK = 64 * 1024
 
 
-def _client_classes(pyclamd, deadline: float):  # noqa: ANN001 - the module, imported lazily
+def _client_classes(pyclamd, deadline: float):
     """pyclamd's clients, with a socket that keeps one deadline for the whole exchange.
 
     pyclamd's INSTREAM loop uses send(), which may write only part of a chunk
@@ -79,7 +79,8 @@ def scan(message: bytes, config: ClamdConfig) -> VirusOutcome:
             client = unix(config.socket, timeout=config.timeout)
         answer = client.scan_stream(message, chunk_size=CHUNK)
     except pyclamd.BufferTooLongError as exc:
-        return ScanFailure(SCANNER_CLAMAV, Cause.TOO_LARGE, f"clamd refused the message ({len(message)} bytes): {exc}; raise clamd's StreamMaxLength")
+        text = f"clamd refused the message ({len(message)} bytes): {exc}; raise clamd's StreamMaxLength"
+        return ScanFailure(SCANNER_CLAMAV, Cause.TOO_LARGE, text)
     except (pyclamd.ConnectionError, TimeoutError) as exc:
         # pyclamd wraps socket errors in its own ConnectionError; the original is the context.
         if isinstance(exc, TimeoutError) or isinstance(exc.__context__, TimeoutError):

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-
 from ..config import SpamdConfig
 from ..model import SCANNER_SPAMD, Cause, ScanFailure, SpamOutcome, SpamReport, SpamSkipped
 
@@ -16,7 +14,7 @@ def _quiet_aiospamc() -> None:
     logger.disable("aiospamc")
 
 
-def _client(config: SpamdConfig):  # noqa: ANN202 - aiospamc's Client, imported lazily
+def _client(config: SpamdConfig):
     """An aiospamc Client whose connection is closed on every path.
 
     aiospamc's own connection managers leave the socket open when a request
@@ -62,7 +60,7 @@ async def scan(message: bytes, config: SpamdConfig) -> SpamOutcome:
         response = await _client(config).request(Request("SYMBOLS", body=message))
     except AIOSpamcConnectionFailed as exc:
         return ScanFailure(SCANNER_SPAMD, Cause.UNAVAILABLE, _text(exc) or "cannot connect")
-    except (TimeoutException, asyncio.TimeoutError):
+    except (TimeoutError, TimeoutException):
         return ScanFailure(SCANNER_SPAMD, Cause.TIMEOUT, f"no answer within {config.timeout:g} s")
     except (ClientException, ResponseException) as exc:
         return ScanFailure(SCANNER_SPAMD, Cause.ERROR, _text(exc) or type(exc).__name__)
