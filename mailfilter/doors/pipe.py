@@ -116,16 +116,16 @@ def _failure_dsn(exc: BaseException, deadline: float) -> tuple[Dsn, bool]:
     if isinstance(exc, QuarantineError):
         return dsn((4, 3, 0), f"quarantine failed: {exc}"), False
     if isinstance(exc, DeadlineExceeded):
-        return dsn((4, 4, 7), f"filter deadline of {deadline:g} s exceeded, message deferred"), False
+        return dsn((4, 3, 0), f"filter deadline of {deadline:g} s exceeded, message deferred"), False
     return dsn((4, 3, 0), f"internal error ({type(exc).__name__}), message deferred"), True
 
 
-def _arm(deadline: float) -> None:
+def _arm(seconds: float) -> None:
     def expire(signum: int, frame: object) -> None:
         raise DeadlineExceeded
 
     signal.signal(signal.SIGALRM, expire)
-    signal.setitimer(signal.ITIMER_REAL, deadline)
+    signal.setitimer(signal.ITIMER_REAL, max(seconds, 0.001))  # 0 would disarm it
 
 
 def _disarm() -> None:
@@ -138,12 +138,14 @@ def main(argv: list[str], stdin: BinaryIO, stdout: TextIO, environ: Mapping[str,
     environ = os.environ if environ is None else environ
     deadline = DEFAULT_DEADLINE
     logger = logging.getLogger("mailfilter")
+    queue_id = "NOQUEUE"
     try:
         _arm(deadline)
         from .. import log
 
         logger = log.configure("mailfilter/pipe", None, stderr=False)
         args = parse_args(argv)
+        queue_id = args.envelope.queue_id or queue_id
         from .. import config as configmod
 
         config = configmod.load(args.config, environ)
@@ -161,9 +163,9 @@ def main(argv: list[str], stdin: BinaryIO, stdout: TextIO, environ: Mapping[str,
         dsn, unexpected = _failure_dsn(exc, deadline)
         try:
             if unexpected:
-                logger.error("%s", dsn.text, exc_info=exc)
+                logger.error("%s: %s", queue_id, dsn.text, exc_info=exc)
             else:
-                logger.warning("%s", dsn.text)
+                logger.warning("%s: %s", queue_id, dsn.text)
         except BaseException:  # noqa: BLE001, S110 - a broken log must not change the exit status
             pass
         status, line = EX_TEMPFAIL, dsn.line()
@@ -187,8 +189,11 @@ def filter_message(envelope: Envelope, raw: bytes, config, logger: logging.Logge
 
     outcome = pipeline.run(raw, config)
     decision = outcome.decision
+    queue_id = envelope.queue_id or "NOQUEUE"
+    for failure in outcome.results.failures:
+        logger.warning("%s: %s", queue_id, failure.describe())
     for warning in decision.warnings:
-        logger.warning("%s: %s", envelope.queue_id or "NOQUEUE", warning)
+        logger.warning("%s: %s", queue_id, warning)
 
     quarantine_id = None
     if decision.action is Action.DELIVER:
