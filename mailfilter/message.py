@@ -11,6 +11,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+# Enough of a message to hold any sane header section; only fields from it are read.
+HEAD_LIMIT = 256 * 1024
+
 # Fields a scanner adds. Any copy that arrives with the message is spoofed.
 OWN_FIELD = re.compile(rb"^x-(spam|virus)-[!-9;-~]*$", re.IGNORECASE)
 _FIELD_NAME = re.compile(rb"^([!-9;-~]+)[ \t]*:")

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 
 from . import policy
 from .config import Config
-from .model import SCANNER_CLAMAV, SCANNER_SPAMD, Cause, Decision, ScanFailure, ScanResults, VirusOutcome
+from .model import SCANNER_CLAMAV, SCANNER_SPAMD, Cause, Decision, ScanFailure, ScanResults, SpamSkipped, VirusOutcome
+from .spool import Spool
 
 
 @dataclass(frozen=True)
@@ -22,7 +23,7 @@ class Outcome:
     decision: Decision
 
 
-async def _virus(message: bytes, config: Config) -> VirusOutcome:
+async def _virus(message: Spool, config: Config) -> VirusOutcome:
     if config.clamd.backend == "clamscan":
         from .scanners import clamscan as backend
     else:
@@ -38,21 +39,30 @@ async def _bounded(coro, timeout: float, scanner: str):
         return ScanFailure(scanner, Cause.TIMEOUT, f"no answer within {timeout:g} s")
 
 
-async def scan_async(message: bytes, config: Config) -> ScanResults:
+async def _skipped(reason: str) -> SpamSkipped:
+    return SpamSkipped(reason)
+
+
+async def scan_async(message: Spool, config: Config) -> ScanResults:
     from .scanners import spamd
 
+    if message.size > config.spamd.max_size:  # as spamc does: big messages are rarely spam
+        spam_scan = _skipped(f"message larger than {config.spamd.max_size} bytes")
+    else:
+        # Read spamd's copy now, before the ClamAV thread starts streaming the same spool.
+        spam_scan = spamd.scan(message.read(), config.spamd)
     spam, virus = await asyncio.gather(
-        _bounded(spamd.scan(message, config.spamd), config.spamd.timeout, SCANNER_SPAMD),
+        _bounded(spam_scan, config.spamd.timeout, SCANNER_SPAMD),
         _bounded(_virus(message, config), config.clamd.timeout, SCANNER_CLAMAV),
     )
     return ScanResults(spam=spam, virus=virus)
 
 
-def scan(message: bytes, config: Config) -> ScanResults:
+def scan(message: Spool, config: Config) -> ScanResults:
     return asyncio.run(scan_async(message, config))
 
 
-def run(message: bytes, config: Config) -> Outcome:
+def run(message: Spool, config: Config) -> Outcome:
     """Scan MESSAGE and decide. Blocking; for callers without an event loop."""
     results = scan(message, config)
     return Outcome(results, policy.decide(results, config))

@@ -90,6 +90,15 @@ def run_pipe(config_path: str, raw: bytes, *argv: str, default: bool = True) -> 
     return status, out.getvalue()
 
 
+def run_bytes(raw: bytes, config):
+    """pipeline.run on a message given as bytes."""
+    from mailfilter import pipeline
+    from mailfilter.spool import Spool
+
+    with Spool.of(raw) as spool:
+        return pipeline.run(spool, config)
+
+
 @pytest.fixture(scope="session")
 def daemons():
     """The real spamd and clamd from scripts/daemons.py (reused when already running)."""

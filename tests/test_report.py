@@ -9,6 +9,7 @@ import pytest
 from mailfilter import config as configmod
 from mailfilter.actions import ratelimit, report
 from mailfilter.model import Action, Cause, Decision, Envelope, ReportKind, ScanFailure, ScanResults, SpamReport, Verdict, VirusReport
+from mailfilter.spool import Spool
 
 import corpus
 
@@ -19,7 +20,8 @@ HAM = SpamReport(0.5, 5.0, ("NONE",))
 
 
 def ctx(raw, virus, decision, **kw):
-    return report.context(ENV, raw, ScanResults(HAM, virus), decision, **kw)
+    with Spool.of(raw) as spool:
+        return report.context(ENV, spool, ScanResults(HAM, virus), decision, **kw)
 
 
 VIRUS_CTX = ctx(
@@ -78,12 +80,13 @@ def test_unknown_exit_code_is_said_so():
 
 
 def test_spamd_failure_subject_and_delivered_unscanned_wording():
-    c = report.context(
-        ENV,
-        corpus.clean(),
-        ScanResults(ScanFailure("spamd", Cause.UNAVAILABLE, "refused"), VirusReport()),
-        Decision(Verdict.ERROR, Action.DELIVER, report=ReportKind.SCANNER_FAILED),
-    )
+    with Spool.of(corpus.clean()) as spool:
+        c = report.context(
+            ENV,
+            spool,
+            ScanResults(ScanFailure("spamd", Cause.UNAVAILABLE, "refused"), VirusReport()),
+            Decision(Verdict.ERROR, Action.DELIVER, report=ReportKind.SCANNER_FAILED),
+        )
     data = report.render(c, configmod.ReportConfig(), "h", NOW).decode()
     assert "Subject: SPAM SCANNER FAILED" in data and "delivered UNSCANNED" in data and "Exit code" not in data
 

@@ -1,16 +1,16 @@
 """The pipeline against the real spamd and clamd (and the real clamscan)."""
 
+import os
 import socket
 import threading
 
 import pytest
 
 from mailfilter import config as configmod
-from mailfilter import pipeline
 from mailfilter.model import Action, Cause, ScanFailure, SpamReport, SpamSkipped, Verdict
 
 import corpus
-from conftest import ROOT
+from conftest import ROOT, run_bytes
 
 pytestmark = pytest.mark.daemons
 SIGNATURES = str(ROOT / "tests" / "signatures")
@@ -46,7 +46,7 @@ EXPECTED = [
 @pytest.mark.parametrize("backend", ["clamd", "clamscan"])
 def test_corpus_verdicts(live, name, verdict, virus, backend):
     config = live(clamd={"backend": backend, "clamscan": ["/usr/bin/clamscan", f"--database={SIGNATURES}"]})
-    outcome = pipeline.run(corpus.ALL[name](), config)
+    outcome = run_bytes(corpus.ALL[name](), config)
     assert outcome.decision.verdict is verdict, outcome
     assert isinstance(outcome.results.spam, SpamReport)
     if virus:
@@ -58,21 +58,21 @@ def test_corpus_verdicts(live, name, verdict, virus, backend):
 @pytest.mark.parametrize("sample", ["clam.zip", "clam.exe.mbox.base64", "clam.mail", "clam.tar.gz", "clam.exe.mbox.uu"])
 def test_clamav_testfiles_samples_are_viruses(live, sample):
     with open(f"{corpus.TESTFILES}/{sample}", "rb") as fh:
-        outcome = pipeline.run(fh.read(), live())
+        outcome = run_bytes(fh.read(), live())
     assert outcome.decision.verdict is Verdict.VIRUS
     assert outcome.results.virus.names[0].startswith("ClamAV-Test-File")
 
 
 def test_large_message_skips_spamd_but_not_clamav(live):
     raw = corpus.eicar_attached() + b"x" * 2000
-    outcome = pipeline.run(raw, live(spamd={"max_size": 1000}))
+    outcome = run_bytes(raw, live(spamd={"max_size": 1000}))
     assert isinstance(outcome.results.spam, SpamSkipped)
     assert outcome.decision.verdict is Verdict.VIRUS
 
 
 def test_clamscan_with_a_broken_database_is_an_error_with_its_code(live, tmp_path):
     config = live(clamd={"backend": "clamscan", "clamscan": ["/usr/bin/clamscan", f"--database={tmp_path}"]})
-    outcome = pipeline.run(corpus.clean(), config)
+    outcome = run_bytes(corpus.clean(), config)
     failure = outcome.results.virus
     assert isinstance(failure, ScanFailure) and failure.code == 2 and "an error occurred" in failure.text
     assert outcome.decision.action is Action.TEMPFAIL
@@ -104,22 +104,35 @@ def mute_server():
 
 
 def test_hung_spamd_is_a_timeout_not_a_hang(live, mute_server):
-    outcome = pipeline.run(corpus.clean(), live(spamd={"host": "127.0.0.1", "port": mute_server, "timeout": 1}))
+    outcome = run_bytes(corpus.clean(), live(spamd={"host": "127.0.0.1", "port": mute_server, "timeout": 1}))
     assert isinstance(outcome.results.spam, ScanFailure) and outcome.results.spam.cause is Cause.TIMEOUT
     assert outcome.decision.action is Action.TEMPFAIL
 
 
 def test_hung_clamd_is_a_timeout_not_a_hang(live, mute_server):
-    outcome = pipeline.run(corpus.clean(), live(clamd={"host": "127.0.0.1", "port": mute_server, "timeout": 1}))
+    outcome = run_bytes(corpus.clean(), live(clamd={"host": "127.0.0.1", "port": mute_server, "timeout": 1}))
     assert isinstance(outcome.results.virus, ScanFailure) and outcome.results.virus.cause is Cause.TIMEOUT
     assert outcome.decision.action is Action.TEMPFAIL
 
 
 def test_clamd_over_tcp(live, daemons):
-    outcome = pipeline.run(corpus.eicar_attached(), live(clamd={"host": daemons["clamd_host"], "port": daemons["clamd_port"]}))
+    outcome = run_bytes(corpus.eicar_attached(), live(clamd={"host": daemons["clamd_host"], "port": daemons["clamd_port"]}))
     assert outcome.decision.verdict is Verdict.VIRUS
 
 
 def test_nothing_listening_is_unavailable(live, tmp_path):
-    outcome = pipeline.run(corpus.clean(), live(spamd={"port": 1}, clamd={"socket": str(tmp_path / "none.ctl")}))
+    outcome = run_bytes(corpus.clean(), live(spamd={"port": 1}, clamd={"socket": str(tmp_path / "none.ctl")}))
     assert outcome.results.spam.cause is Cause.UNAVAILABLE and outcome.results.virus.cause is Cause.UNAVAILABLE
+
+
+def test_a_message_spooled_to_disk_is_streamed_to_clamd(live, tmp_path):
+    from mailfilter import pipeline
+    from mailfilter.spool import Spool
+
+    raw = corpus.with_attachment(os.urandom(3_000_000) + corpus.eicar(), "big.bin")
+    with Spool(memory_limit=64 * 1024, tmpdir=str(tmp_path)) as spool:
+        spool.write(raw)
+        assert spool.on_disk
+        outcome = pipeline.run(spool, live())
+    assert isinstance(outcome.results.spam, SpamSkipped)
+    assert outcome.decision.verdict is Verdict.VIRUS

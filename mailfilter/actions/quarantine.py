@@ -11,8 +11,11 @@ from __future__ import annotations
 import json
 import os
 import secrets
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
+
+from ..spool import Spool
 
 
 class QuarantineError(Exception):
@@ -23,15 +26,16 @@ def new_id(now: datetime) -> str:
     return now.strftime("%Y%m%dT%H%M%SZ-") + secrets.token_hex(5)
 
 
-def write_atomic(folder: str, name: str, data: bytes) -> None:
-    """Write DATA to FOLDER/NAME via a hidden temporary file, fsync, rename, fsync the folder."""
+def write_atomic(folder: str, name: str, chunks: Iterable[bytes]) -> None:
+    """Write CHUNKS to FOLDER/NAME via a hidden temporary file, fsync, rename, fsync the folder."""
     tmp = os.path.join(folder, f".{name}.{secrets.token_hex(4)}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     try:
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
+            for chunk in chunks:
+                view = memoryview(chunk)
+                while view:
+                    view = view[os.write(fd, view) :]
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -56,15 +60,15 @@ def ensure_folder(folder: str) -> None:
         raise QuarantineError(f"cannot create {folder}: {exc.strerror or exc}") from None
 
 
-def store(message: bytes, meta: dict[str, Any], folder: str, now: datetime | None = None) -> str:
+def store(message: Spool, meta: dict[str, Any], folder: str, now: datetime | None = None) -> str:
     """Store MESSAGE with META; return its id once both files are durable."""
     now = now or datetime.now(UTC)
     ensure_folder(folder)
     qid = new_id(now)
-    record = {"id": qid, "created": now.isoformat(timespec="seconds"), "size": len(message), **meta, "released": []}
+    record = {"id": qid, "created": now.isoformat(timespec="seconds"), "size": message.size, **meta, "released": []}
     try:
-        write_atomic(folder, f"{qid}.eml", message)
-        write_atomic(folder, f"{qid}.json", json.dumps(record, indent=1, sort_keys=True).encode("utf-8"))
+        write_atomic(folder, f"{qid}.eml", message.chunks())
+        write_atomic(folder, f"{qid}.json", [json.dumps(record, indent=1, sort_keys=True).encode("utf-8")])
     except OSError as exc:
         _remove(os.path.join(folder, f"{qid}.eml"))
         raise QuarantineError(f"cannot store in {folder}: {exc.strerror or exc}") from None

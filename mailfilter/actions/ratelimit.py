@@ -32,7 +32,7 @@ def admit(state_dir: str, key: str, interval: float, now: float) -> tuple[bool, 
             verdict = (True, int(entry.get("suppressed", 0)))
             entry = {"last_sent": now, "suppressed": 0}
         state[key] = entry
-        write_atomic(state_dir, STATE_FILE, json.dumps(state, sort_keys=True).encode("utf-8"))
+        write_atomic(state_dir, STATE_FILE, [json.dumps(state, sort_keys=True).encode("utf-8")])
         return verdict
     finally:
         os.close(lock)  # releases the lock

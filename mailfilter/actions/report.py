@@ -16,6 +16,7 @@ from .. import message as msgmod
 from ..config import Config, ReportConfig
 from ..exitcodes import clamscan_code_text
 from ..model import SCANNER_CLAMAV, Action, Cause, Decision, Envelope, ReportKind, ScanFailure, ScanResults
+from ..spool import Spool
 from . import ratelimit, reinject
 
 SUBJECTS = {
@@ -53,13 +54,13 @@ class Context:
 
 def context(
     envelope: Envelope,
-    raw: bytes,
+    message: Spool,
     results: ScanResults,
     decision: Decision,
     quarantine_id: str | None = None,
     suppressed: int = 0,
 ) -> Context:
-    parsed = msgmod.parse(raw)
+    parsed = msgmod.parse(message.read(msgmod.HEAD_LIMIT))
     return Context(
         envelope=envelope,
         results=results,
@@ -67,7 +68,7 @@ def context(
         subject=msgmod.subject(parsed),
         message_id=msgmod.message_id(parsed),
         received=tuple(msgmod.received_chain(parsed)),
-        size=len(raw),
+        size=message.size,
         quarantine_id=quarantine_id,
         suppressed=suppressed,
     )

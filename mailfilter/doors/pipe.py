@@ -21,6 +21,7 @@ from typing import BinaryIO, TextIO
 
 from ..exitcodes import EX_OK, EX_TEMPFAIL, PIPE_EXIT_BY_ACTION
 from ..model import Dsn, Envelope
+from ..spool import Spool
 
 USAGE = "usage: mailfilter [--config PATH] pipe [--config PATH] [-q QUEUE_ID] -f SENDER -- RECIPIENT..."
 HELP = f"""{USAGE}
@@ -152,8 +153,11 @@ def main(argv: list[str], stdin: BinaryIO, stdout: TextIO, environ: Mapping[str,
         logger = log.configure("mailfilter/pipe", config.log, stderr=False)
         deadline = config.pipe.deadline
         _arm(deadline - (time.monotonic() - started))
-        raw = stdin.read()
-        status, line = filter_message(args.envelope, raw, config, logger, started)
+        from ..spool import Spool
+
+        with Spool() as spool:
+            spool.fill(stdin)
+            status, line = filter_message(args.envelope, spool, config, logger, started)
     except HelpRequested:
         _disarm()
         stdout.write(HELP)
@@ -180,14 +184,14 @@ def main(argv: list[str], stdin: BinaryIO, stdout: TextIO, environ: Mapping[str,
     return status
 
 
-def filter_message(envelope: Envelope, raw: bytes, config, logger: logging.Logger, started: float) -> tuple[int, str | None]:
+def filter_message(envelope: Envelope, spool: Spool, config, logger: logging.Logger, started: float) -> tuple[int, str | None]:
     """Scan, decide, act. Returns the exit status and the status line to print (None on success)."""
     from .. import message, pipeline
     from ..actions import quarantine, reinject
     from ..log import summary
     from ..model import Action
 
-    outcome = pipeline.run(raw, config)
+    outcome = pipeline.run(spool, config)
     decision = outcome.decision
     queue_id = envelope.queue_id or "NOQUEUE"
     for failure in outcome.results.failures:
@@ -197,20 +201,20 @@ def filter_message(envelope: Envelope, raw: bytes, config, logger: logging.Logge
 
     quarantine_id = None
     if decision.action is Action.DELIVER:
-        reinject.reinject(message.rewrite(raw, decision.headers), envelope, config.delivery)
+        reinject.reinject(message.rewrite(spool.read(), decision.headers), envelope, config.delivery)
     elif decision.action is Action.QUARANTINE:
-        quarantine_id = quarantine.store(raw, quarantine_meta(envelope, raw, outcome), config.quarantine.dir)
+        quarantine_id = quarantine.store(spool, quarantine_meta(envelope, spool, outcome), config.quarantine.dir)
 
-    report = _report(envelope, raw, outcome, quarantine_id, config, logger) if decision.report else None
+    report = _report(envelope, spool, outcome, quarantine_id, config, logger) if decision.report else None
     logger.info("%s", summary(envelope, outcome.results, decision, time.monotonic() - started, quarantine=quarantine_id, report=report))
     return PIPE_EXIT_BY_ACTION[decision.action], decision.dsn.line() if decision.dsn else None
 
 
-def quarantine_meta(envelope: Envelope, raw: bytes, outcome) -> dict:
+def quarantine_meta(envelope: Envelope, spool: Spool, outcome) -> dict:
     from .. import message
     from ..model import SpamReport, Verdict
 
-    parsed = message.parse(raw)
+    parsed = message.parse(spool.read(message.HEAD_LIMIT))
     spam, virus = outcome.results.spam, outcome.results.virus
     decision = outcome.decision
     return {
@@ -229,12 +233,12 @@ def quarantine_meta(envelope: Envelope, raw: bytes, outcome) -> dict:
     }
 
 
-def _report(envelope: Envelope, raw: bytes, outcome, quarantine_id: str | None, config, logger: logging.Logger) -> str:
+def _report(envelope: Envelope, spool: Spool, outcome, quarantine_id: str | None, config, logger: logging.Logger) -> str:
     """Send the admin report. Its failure is logged and never changes the message's fate,
     which is already sealed (delivered, durably quarantined, or about to be deferred)."""
     from ..actions import report
 
-    ctx = report.context(envelope, raw, outcome.results, outcome.decision, quarantine_id)
+    ctx = report.context(envelope, spool, outcome.results, outcome.decision, quarantine_id)
     try:
         return report.send(ctx, config, os.uname().nodename, datetime.now(UTC))
     except Exception as exc:  # noqa: BLE001 - see docstring

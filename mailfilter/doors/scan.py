@@ -10,6 +10,7 @@ from ..config import Config
 from ..exitcodes import clamscan_code_text
 from ..message import printable
 from ..model import SpamReport, SpamSkipped, Verdict, VirusReport
+from ..spool import Spool
 
 # scan's own exit statuses (a terminal tool, not pipe(8)).
 EXIT_CLEAN, EXIT_FOUND, EXIT_ERROR = 0, 1, 2
@@ -26,11 +27,13 @@ class FileResult:
 def scan_file(path: str, config: Config) -> FileResult:
     try:
         with open(path, "rb") as fh:
-            raw = fh.read()
+            spool = Spool()
+            spool.fill(fh)
     except OSError as exc:
         record = {"file": path, "verdict": Verdict.ERROR.value, "error": f"cannot read: {exc.strerror or exc}"}
         return FileResult(path, Verdict.ERROR, record)
-    outcome = pipeline.run(raw, config)
+    with spool:
+        outcome = pipeline.run(spool, config)
     return FileResult(path, outcome.decision.verdict, to_record(path, outcome))
 
 

@@ -7,8 +7,7 @@ import time
 
 from ..config import ClamdConfig
 from ..model import SCANNER_CLAMAV, Cause, ScanFailure, VirusOutcome, VirusReport
-
-CHUNK = 64 * 1024
+from ..spool import CHUNK, Spool
 
 
 def _client_classes(pyclamd, deadline: float):
@@ -65,7 +64,7 @@ def _client_classes(pyclamd, deadline: float):
     return Unix, Network
 
 
-def scan(message: bytes, config: ClamdConfig) -> VirusOutcome:
+def scan(message: Spool, config: ClamdConfig) -> VirusOutcome:
     """Blocking: call it from a thread (the pipeline does)."""
     import pyclamd
 
@@ -77,9 +76,9 @@ def scan(message: bytes, config: ClamdConfig) -> VirusOutcome:
             client = network(config.host, config.port, timeout=config.timeout)
         else:
             client = unix(config.socket, timeout=config.timeout)
-        answer = client.scan_stream(message, chunk_size=CHUNK)
+        answer = client.scan_stream(message.stream(), chunk_size=CHUNK)
     except pyclamd.BufferTooLongError as exc:
-        text = f"clamd refused the message ({len(message)} bytes): {exc}; raise clamd's StreamMaxLength"
+        text = f"clamd refused the message ({message.size} bytes): {exc}; raise clamd's StreamMaxLength"
         return ScanFailure(SCANNER_CLAMAV, Cause.TOO_LARGE, text)
     except (pyclamd.ConnectionError, TimeoutError) as exc:
         # pyclamd wraps socket errors in its own ConnectionError; the original is the context.

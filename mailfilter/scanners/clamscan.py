@@ -13,15 +13,16 @@ import subprocess
 from ..config import ClamdConfig
 from ..exitcodes import clamscan_code_text
 from ..model import SCANNER_CLAMAV, Cause, ScanFailure, VirusOutcome, VirusReport
+from ..spool import Spool
 
 _FOUND = re.compile(r"^.*?: (.+) FOUND$", re.MULTILINE)
 
 
-def scan(message: bytes, config: ClamdConfig) -> VirusOutcome:
+def scan(message: Spool, config: ClamdConfig) -> VirusOutcome:
     """Blocking: call it from a thread (the pipeline does)."""
     argv = [*config.clamscan, "--no-summary", "--stdout", "-"]
     try:
-        proc = subprocess.run(argv, input=message, capture_output=True, timeout=config.timeout, check=False)
+        proc = subprocess.run(argv, input=message.read(), capture_output=True, timeout=config.timeout, check=False)
     except subprocess.TimeoutExpired:
         return ScanFailure(SCANNER_CLAMAV, Cause.TIMEOUT, f"clamscan gave no answer within {config.timeout:g} s")
     except OSError as exc:

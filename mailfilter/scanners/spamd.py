@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..config import SpamdConfig
-from ..model import SCANNER_SPAMD, Cause, ScanFailure, SpamOutcome, SpamReport, SpamSkipped
+from ..model import SCANNER_SPAMD, Cause, ScanFailure, SpamOutcome, SpamReport
 
 
 def _quiet_aiospamc() -> None:
@@ -48,9 +48,6 @@ def _client(config: SpamdConfig):
 
 
 async def scan(message: bytes, config: SpamdConfig) -> SpamOutcome:
-    if len(message) > config.max_size:
-        return SpamSkipped(f"message larger than {config.max_size} bytes")
-
     from aiospamc.exceptions import AIOSpamcConnectionFailed, ClientException, TimeoutException
     from aiospamc.requests import Request
     from aiospamc.responses import ResponseException
