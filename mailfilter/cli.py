@@ -1,4 +1,4 @@
-"""The click CLI: `mailfilter scan`, `mailfilter config`, and help for `mailfilter pipe`.
+"""The click CLI: `mailfilter scan`, `mailfilter milter`, `mailfilter config`, and help for `mailfilter pipe`.
 
 `pipe` itself never runs through click (see entry.py); its command here only
 documents it, so `mailfilter --help` lists every door.
@@ -70,6 +70,30 @@ def pipe() -> None:
     from .doors import pipe as door
 
     sys.exit(door.main(sys.argv[1:], sys.stdin.buffer, sys.stdout))
+
+
+@cli.command()
+@click.option("--socket", "socket_spec", metavar="SPEC", help="unix:/PATH or inet:PORT@HOST (default: [milter] socket).")
+@click.pass_obj
+def milter(obj: Context, socket_spec: str | None) -> None:
+    """Run the milter daemon for Postfix's smtpd_milters.
+
+    \b
+    main.cf:  smtpd_milters = unix:/run/mailfilter/milter.sock
+              milter_default_action = tempfail
+    Logs to syslog (facility mail). Tells systemd it is ready (Type=notify) once the
+    socket listens; on SIGTERM it stops accepting and lets messages in flight finish.
+    """
+    from . import log
+    from .doors import milter as door
+
+    config = obj.load()
+    log.configure("mailfilter/milter", config.log, stderr=False)
+    try:
+        status = door.serve(config, socket_spec)
+    except door.ServeError as exc:
+        raise click.ClickException(str(exc)) from None
+    sys.exit(status)
 
 
 @cli.command("config")

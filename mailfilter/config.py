@@ -23,10 +23,11 @@ class ConfigError(Exception):
     """The configuration cannot be used; the text names the file and key."""
 
 
-def _key(default: Any, doc: str, check: Callable[[Any], str | None] | None = None) -> Any:
+def _key(default: Any, doc: str, check: Callable[[Any], str | None] | None = None, octal: bool = False) -> Any:
+    metadata = {"doc": doc, "check": check, "octal": octal}
     if isinstance(default, list):
-        return field(default_factory=lambda: tuple(default), metadata={"doc": doc, "check": check})
-    return field(default=default, metadata={"doc": doc, "check": check})
+        return field(default_factory=lambda: tuple(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
 
 
 def _one_of(*choices: str) -> Callable[[Any], str | None]:
@@ -54,6 +55,16 @@ def _argv(value: Any) -> str | None:
     if not os.path.isabs(value[0]):
         return "the command must be an absolute path (no shell, no PATH search)"
     return None
+
+
+def _milter_socket(value: Any) -> str | None:
+    if value.startswith("unix:/") or (value.startswith("inet:") and "@" in value) or value.startswith("inet6:"):
+        return None
+    return "must be unix:/PATH or inet:PORT@HOST"
+
+
+def _mode(value: Any) -> str | None:
+    return None if 0 <= value <= 0o777 else "must be a file mode such as 0o660"
 
 
 ON_ERROR = _one_of("tempfail", "accept")
@@ -118,6 +129,21 @@ class PipeConfig:
 
 
 @dataclass(frozen=True)
+class MilterConfig:
+    socket: str = _key("unix:/run/mailfilter/milter.sock", "where `milter` listens: unix:PATH or inet:PORT@127.0.0.1", _milter_socket)
+    virus: str = _key(
+        "reject",
+        "a virus: 'reject' (554 5.7.1, no backscatter), 'quarantine' (our store, then discard) or 'hold' (Postfix's hold queue)",
+        _one_of("reject", "quarantine", "hold"),
+    )
+    max_size: int = _key(52428800, "bytes; a larger message is refused with 552 5.3.4 instead of being scanned", _positive)
+    spool_memory: int = _key(1048576, "bytes of a message held in memory; the rest goes to a private temporary file", _positive)
+    tmpdir: str = _key("", "folder for spooled messages ('' for the system's temporary folder)")
+    socket_mode: int = _key(0o660, "permissions of a unix socket (0o660: Postfix's group must be the socket's group)", _mode, octal=True)
+    grace: float = _key(30.0, "seconds to let messages in flight finish after SIGTERM", _positive)
+
+
+@dataclass(frozen=True)
 class LogConfig:
     syslog: bool = _key(True, "log to syslog facility mail under `pipe` (the CLI logs to stderr)")
     file: str = _key("", "also append log lines to this file")
@@ -133,6 +159,7 @@ class Config:
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
     pipe: PipeConfig = field(default_factory=PipeConfig)
+    milter: MilterConfig = field(default_factory=MilterConfig)
     log: LogConfig = field(default_factory=LogConfig)
     source: str = "(defaults)"
 
@@ -225,7 +252,8 @@ def describe() -> str:
         instance = cls()
         for f in fields(cls):
             lines.append(f"# {f.metadata['doc']}")
-            lines.append(f"{f.name} = {_toml_value(getattr(instance, f.name))}")
+            value = getattr(instance, f.name)
+            lines.append(f"{f.name} = {oct(value) if f.metadata['octal'] else _toml_value(value)}")
         lines.append("")
     return "\n".join(lines)
 

@@ -15,6 +15,8 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
+from .. import message as msgmod
+from ..model import Decision, Envelope, ScanResults, SpamReport, Verdict, VirusReport
 from ..spool import Spool
 
 
@@ -58,6 +60,27 @@ def ensure_folder(folder: str) -> None:
         os.makedirs(folder, mode=0o700, exist_ok=True)
     except OSError as exc:
         raise QuarantineError(f"cannot create {folder}: {exc.strerror or exc}") from None
+
+
+def describe(envelope: Envelope, message: Spool, results: ScanResults, decision: Decision) -> dict[str, Any]:
+    """The metadata kept beside a held message."""
+    parsed = msgmod.parse(message.read(msgmod.HEAD_LIMIT))
+    spam, virus = results.spam, results.virus
+    scored = isinstance(spam, SpamReport)
+    return {
+        "reason": "virus" if decision.verdict is Verdict.VIRUS else "spam",
+        "verdict": decision.verdict.value,
+        "virus_names": list(virus.names) if isinstance(virus, VirusReport) else [],
+        "spam_score": spam.score if scored else None,
+        "spam_threshold": spam.threshold if scored else None,
+        "spam_tests": list(spam.tests) if scored else [],
+        "sender": envelope.sender,
+        "recipients": list(envelope.recipients),
+        "queue_id": envelope.queue_id,
+        "subject": msgmod.subject(parsed),
+        "message_id": msgmod.message_id(parsed),
+        "headers": [list(h) for h in decision.headers],
+    }
 
 
 def store(message: Spool, meta: dict[str, Any], folder: str, now: datetime | None = None) -> str:

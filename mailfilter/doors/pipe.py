@@ -203,34 +203,11 @@ def filter_message(envelope: Envelope, spool: Spool, config, logger: logging.Log
     if decision.action is Action.DELIVER:
         reinject.reinject(message.rewrite(spool.read(), decision.headers), envelope, config.delivery)
     elif decision.action is Action.QUARANTINE:
-        quarantine_id = quarantine.store(spool, quarantine_meta(envelope, spool, outcome), config.quarantine.dir)
+        quarantine_id = quarantine.store(spool, quarantine.describe(envelope, spool, outcome.results, decision), config.quarantine.dir)
 
     report = _report(envelope, spool, outcome, quarantine_id, config, logger) if decision.report else None
     logger.info("%s", summary(envelope, outcome.results, decision, time.monotonic() - started, quarantine=quarantine_id, report=report))
     return PIPE_EXIT_BY_ACTION[decision.action], decision.dsn.line() if decision.dsn else None
-
-
-def quarantine_meta(envelope: Envelope, spool: Spool, outcome) -> dict:
-    from .. import message
-    from ..model import SpamReport, Verdict
-
-    parsed = message.parse(spool.read(message.HEAD_LIMIT))
-    spam, virus = outcome.results.spam, outcome.results.virus
-    decision = outcome.decision
-    return {
-        "reason": "virus" if decision.verdict is Verdict.VIRUS else "spam",
-        "verdict": decision.verdict.value,
-        "virus_names": list(getattr(virus, "names", ())),
-        "spam_score": spam.score if isinstance(spam, SpamReport) else None,
-        "spam_threshold": spam.threshold if isinstance(spam, SpamReport) else None,
-        "spam_tests": list(spam.tests) if isinstance(spam, SpamReport) else [],
-        "sender": envelope.sender,
-        "recipients": list(envelope.recipients),
-        "queue_id": envelope.queue_id,
-        "subject": message.subject(parsed),
-        "message_id": message.message_id(parsed),
-        "headers": [list(h) for h in decision.headers],
-    }
 
 
 def _report(envelope: Envelope, spool: Spool, outcome, quarantine_id: str | None, config, logger: logging.Logger) -> str:

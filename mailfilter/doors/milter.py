@@ -1,0 +1,348 @@
+"""`mailfilter milter`: the pipeline as a pymilter daemon for Postfix's smtpd_milters.
+
+The adapter only translates: milter callbacks fill an Envelope and a Spool,
+the pipeline and the policy decide (unchanged from the pipe door), and eom()
+turns the Decision into milter actions:
+
+  deliver     remove spoofed X-Spam-*/X-Virus-* fields (chgheader), insert ours, continue
+  quarantine  store in our quarantine, discard
+  hold        Postfix's hold queue (milter quarantine), with our headers
+  reject      554 5.7.1 for a virus, 550 5.7.1 for spam
+  tempfail    451 4.7.1
+
+Every callback goes through one boundary (`_boundary`): an exception becomes a
+logged traceback and a 451 4.7.1 tempfail, never an accept.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import functools
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import Milter
+
+from .. import log, message, pipeline
+from ..actions import quarantine, report
+from ..config import Config
+from ..model import Decision, Envelope, ScanResults, Verdict, VirusReport
+from ..spool import Spool
+
+NAME = "mailfilter"
+QUEUE_ID: contextvars.ContextVar[str] = contextvars.ContextVar("queue_id", default="NOQUEUE")
+CALLBACKS = ("connect", "envfrom", "envrcpt", "data", "header", "eoh", "body", "eom", "abort", "close")
+TEMPFAIL_REPLY = ("451", "4.7.1")
+
+
+class QueueIdAdapter(logging.LoggerAdapter):
+    """Every line of a message starts with its Postfix queue id, taken from the context."""
+
+    def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
+        return f"{QUEUE_ID.get()}: {msg}", kwargs
+
+
+LOG = QueueIdAdapter(logging.getLogger(log.LOGGER), {})
+
+
+class InFlight:
+    """Messages between MAIL FROM and their end, so SIGTERM can let them finish."""
+
+    def __init__(self) -> None:
+        self._count = 0
+        self._cond = threading.Condition()
+
+    def enter(self) -> None:
+        with self._cond:
+            self._count += 1
+
+    def leave(self) -> None:
+        with self._cond:
+            self._count -= 1
+            self._cond.notify_all()
+
+    @property
+    def count(self) -> int:
+        return self._count
+
+    def wait_idle(self, timeout: float) -> bool:
+        with self._cond:
+            return self._cond.wait_for(lambda: self._count == 0, timeout)
+
+
+def _boundary(method: Callable[..., int]) -> Callable[..., int]:
+    """The one catch of the adapter: an exception in any callback is a tempfail."""
+
+    @functools.wraps(method)
+    def guarded(self: MailfilterMilter, *args: Any) -> int:
+        try:
+            return method(self, *args)
+        except Exception:
+            LOG.exception("%s callback failed, message deferred", method.__name__)
+            self.end_message()
+            try:
+                self.setreply(*TEMPFAIL_REPLY, "mailfilter: internal error, try again later")
+            except Exception:  # noqa: BLE001 - abort/close have no reply to set; the status below still tempfails
+                LOG.debug("no reply could be set in %s", method.__name__)
+            return Milter.TEMPFAIL
+
+    return guarded
+
+
+class MailfilterMilter(Milter.Base):
+    """One instance per SMTP connection (pymilter's factory makes them)."""
+
+    config: Config
+    in_flight: InFlight
+
+    def __init__(self) -> None:
+        self.spool: Spool | None = None
+        self.sender = ""
+        self.recipients: list[str] = []
+        self.own_fields: list[tuple[str, int]] = []  # spoofed X-Spam-*/X-Virus-* fields: (name, index)
+        self.field_counts: dict[str, int] = {}
+        self.started = 0.0
+        self.too_big = False
+
+    # --- message state -------------------------------------------------------------------------
+
+    def begin_message(self, sender: str) -> None:
+        self.end_message()
+        self.in_flight.enter()
+        self.spool = Spool(self.config.milter.spool_memory, self.config.milter.tmpdir or None)
+        self.sender, self.recipients = sender, []
+        self.own_fields, self.field_counts = [], {}
+        self.started, self.too_big = time.monotonic(), False
+
+    def end_message(self) -> None:
+        if self.spool is not None:
+            self.spool.close()
+            self.spool = None
+            self.in_flight.leave()
+
+    def spool_write(self, data: bytes) -> None:
+        if self.spool is None or self.too_big:
+            return
+        if self.spool.size + len(data) > self.config.milter.max_size:
+            self.too_big = True
+            return
+        self.spool.write(data)
+
+    def _queue_id(self) -> None:
+        queue_id = self.getsymval("i")
+        if queue_id:
+            QUEUE_ID.set(queue_id)
+
+    # --- callbacks -------------------------------------------------------------------------------
+
+    def connect(self, hostname: str, family: int, hostaddr: Any) -> int:
+        QUEUE_ID.set("NOQUEUE")
+        return Milter.CONTINUE
+
+    @Milter.decode("bytes")
+    def envfrom(self, sender: str | bytes, *params: str | bytes) -> int:
+        QUEUE_ID.set("NOQUEUE")
+        self.begin_message(_address(sender))
+        return Milter.CONTINUE
+
+    @Milter.decode("bytes")
+    def envrcpt(self, recipient: str | bytes, *params: str | bytes) -> int:
+        self._queue_id()  # Postfix has a queue id from the first accepted recipient on
+        self.recipients.append(_address(recipient))
+        return Milter.CONTINUE
+
+    def data(self) -> int:
+        self._queue_id()
+        return Milter.CONTINUE
+
+    @Milter.decode("bytes")
+    def header(self, name: str | bytes, value: bytes) -> int:
+        raw_name = name if isinstance(name, bytes) else name.encode("utf-8", "surrogateescape")
+        key = raw_name.lower()
+        self.field_counts[key] = self.field_counts.get(key, 0) + 1
+        if message.OWN_FIELD.match(key):
+            self.own_fields.append((raw_name.decode("ascii", "replace"), self.field_counts[key]))
+        self.spool_write(raw_name + b": " + value.replace(b"\n", b"\r\n").replace(b"\r\r\n", b"\r\n") + b"\r\n")
+        return Milter.CONTINUE
+
+    def eoh(self) -> int:
+        self.spool_write(b"\r\n")
+        return Milter.CONTINUE
+
+    def body(self, chunk: bytes) -> int:
+        self.spool_write(chunk)
+        return Milter.CONTINUE
+
+    def eom(self) -> int:
+        self._queue_id()
+        spool = self.spool
+        if spool is None:  # no MAIL FROM seen: nothing sane to scan
+            raise RuntimeError("end of message without a message")
+        envelope = Envelope(self.sender, tuple(self.recipients), QUEUE_ID.get())
+        try:
+            if self.too_big:
+                limit = self.config.milter.max_size
+                LOG.info("%s", log.summary(envelope, None, None, time.monotonic() - self.started, action="reject", size=f">{limit}"))
+                self.setreply("552", "5.3.4", f"message larger than {limit} bytes cannot be scanned")
+                return Milter.REJECT
+            outcome = pipeline.run(spool, self.config)
+            return self.act(envelope, spool, outcome)
+        finally:
+            self.end_message()
+
+    def abort(self) -> int:
+        self.end_message()
+        return Milter.CONTINUE
+
+    def close(self) -> int:
+        self.end_message()
+        return Milter.CONTINUE
+
+    # --- the translation ---------------------------------------------------------------------------
+
+    def act(self, envelope: Envelope, spool: Spool, outcome: pipeline.Outcome) -> int:
+        decision = outcome.decision
+        for failure in outcome.results.failures:
+            LOG.warning("%s", failure.describe())
+        for warning in decision.warnings:
+            LOG.warning("%s", warning)
+        action = _milter_action(decision, self.config)
+        quarantine_id = None
+        status = Milter.CONTINUE
+        if action == "deliver":
+            self.mark(decision)
+        elif action == "hold":
+            self.mark(decision)
+            self.quarantine(f"mailfilter: {decision.verdict.value}")
+        elif action == "quarantine":
+            meta = quarantine.describe(envelope, spool, outcome.results, decision)
+            quarantine_id = quarantine.store(spool, meta, self.config.quarantine.dir)
+            status = Milter.DISCARD
+        elif action == "reject":
+            code = "554" if decision.verdict is Verdict.VIRUS else "550"
+            self.setreply(code, "5.7.1", _reply_text(decision, outcome.results))
+            status = Milter.REJECT
+        else:
+            self.setreply(*TEMPFAIL_REPLY, _reply_text(decision, outcome.results))
+            status = Milter.TEMPFAIL
+        sent = None
+        if decision.report and (decision.verdict is not Verdict.VIRUS or action in ("quarantine", "hold")):
+            sent = self.send_report(envelope, spool, outcome, quarantine_id)
+        delay = time.monotonic() - self.started
+        LOG.info("%s", log.summary(envelope, outcome.results, decision, delay, milter=action, quarantine=quarantine_id, report=sent))
+        return status
+
+    def mark(self, decision: Decision) -> None:
+        """Remove spoofed copies of our fields, then insert ours at the top, in order."""
+        for name, index in sorted(self.own_fields, key=lambda f: -f[1]):
+            self.chgheader(name, index, "")
+        for position, (name, value) in enumerate(decision.headers):
+            self.addheader(name, message.header_value(value), position)
+
+    def send_report(self, envelope: Envelope, spool: Spool, outcome: pipeline.Outcome, quarantine_id: str | None) -> str:
+        ctx = report.context(envelope, spool, outcome.results, outcome.decision, quarantine_id)
+        try:
+            return report.send(ctx, self.config, socket.gethostname(), datetime.now(UTC))
+        except Exception as exc:  # noqa: BLE001 - a report never changes the message's fate
+            LOG.error("admin report not sent: %s", exc)
+            return "failed"
+
+
+for _name in CALLBACKS:
+    setattr(MailfilterMilter, _name, _boundary(getattr(MailfilterMilter, _name)))
+
+
+def _address(raw: str | bytes) -> str:
+    """`<a@b>` as libmilter gives it (bytes), or as a test harness does (str)."""
+    text = (raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw).strip()
+    return text[1:-1] if text.startswith("<") and text.endswith(">") else text
+
+
+def _reply_text(decision: Decision, results: ScanResults) -> str:
+    if isinstance(results.virus, VirusReport) and results.virus.infected:
+        text = "message rejected: virus found: " + ", ".join(results.virus.names)
+    else:
+        text = decision.dsn.text if decision.dsn else f"message {decision.action.value}"
+    return message.printable(text, 400).replace("%", "%%")
+
+
+def _milter_action(decision: Decision, config: Config) -> str:
+    """The policy's action, with the milter's own choice for viruses ([milter] virus)."""
+    if decision.verdict is Verdict.VIRUS:
+        return config.milter.virus
+    return decision.action.value
+
+
+# --- the daemon --------------------------------------------------------------------------------
+
+
+class ServeError(Exception):
+    """The milter could not start (bad socket, address in use...)."""
+
+
+def notify(state: str, environ: dict[str, str] | None = None) -> bool:
+    """sd_notify(3) without libsystemd: one datagram to $NOTIFY_SOCKET, if systemd gave us one."""
+    path = (environ if environ is not None else os.environ).get("NOTIFY_SOCKET", "")
+    if not path:
+        return False
+    if path.startswith("@"):
+        path = "\0" + path[1:]  # abstract namespace
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.connect(path)
+        sock.sendall(state.encode("ascii"))
+    return True
+
+
+def _register(milter_module: Any) -> None:
+    """pymilter's runmilter(), minus opening the socket and running: we do those ourselves."""
+    m = milter_module
+    m.set_connect_callback(Milter.connect_callback)
+    m.set_envfrom_callback(lambda ctx, *b: ctx.getpriv().envfrom_bytes(*b))
+    m.set_envrcpt_callback(lambda ctx, *b: ctx.getpriv().envrcpt_bytes(*b))
+    m.set_header_callback(lambda ctx, f, v: ctx.getpriv().header_bytes(f, v))
+    m.set_eoh_callback(lambda ctx: ctx.getpriv().eoh())
+    m.set_body_callback(lambda ctx, chunk: ctx.getpriv().body(chunk))
+    m.set_eom_callback(lambda ctx: ctx.getpriv().eom())
+    m.set_abort_callback(lambda ctx: ctx.getpriv().abort())
+    m.set_close_callback(Milter.close_callback)
+    m.register(
+        NAME,
+        data=lambda ctx: ctx.getpriv().data(),
+        unknown=lambda ctx, cmd: ctx.getpriv().unknown(cmd),
+        negotiate=Milter.negotiate_callback,
+    )
+
+
+def serve(config: Config, socket_spec: str | None = None) -> int:
+    """Run until SIGTERM/SIGINT; then let messages in flight finish (up to [milter] grace). Returns an exit status."""
+    import milter as libmilter  # pymilter's C module
+
+    spec = socket_spec or config.milter.socket
+    in_flight = InFlight()
+    handler = type("ConfiguredMilter", (MailfilterMilter,), {"config": config, "in_flight": in_flight})
+    Milter.factory = handler
+    _register(libmilter)
+    path = spec[len("unix:") :] if spec.startswith("unix:") else None
+    if path:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+    try:
+        libmilter.setconn(spec)
+        libmilter.opensocket(True)  # listening from here on: connections wait in the backlog
+    except libmilter.error as exc:
+        raise ServeError(f"cannot listen on {spec}: {exc}") from None
+    if path:
+        os.chmod(path, config.milter.socket_mode)
+    LOG.info("listening on %s", spec)
+    notify("READY=1")
+    libmilter.main()  # returns after SIGTERM/SIGINT/SIGHUP (libmilter's signal thread)
+    notify("STOPPING=1")
+    LOG.info("stopping: %d message(s) in flight", in_flight.count)
+    if not in_flight.wait_idle(config.milter.grace):
+        LOG.warning("stopping with %d message(s) still in flight: Postfix applies milter_default_action", in_flight.count)
+    return 0
