@@ -48,7 +48,8 @@ class QueueIdAdapter(logging.LoggerAdapter):
         return f"{QUEUE_ID.get()}: {msg}", kwargs
 
 
-LOG = QueueIdAdapter(logging.getLogger(log.LOGGER), {})
+LOG = QueueIdAdapter(logging.getLogger(log.LOGGER), {})  # lines about one message
+DAEMON_LOG = logging.getLogger(log.LOGGER)  # lines about the daemon
 
 
 class InFlight:
@@ -338,11 +339,11 @@ def serve(config: Config, socket_spec: str | None = None) -> int:
         raise ServeError(f"cannot listen on {spec}: {exc}") from None
     if path:
         os.chmod(path, config.milter.socket_mode)
-    LOG.info("listening on %s", spec)
+    DAEMON_LOG.info("listening on %s", spec)
     notify("READY=1")
     libmilter.main()  # returns after SIGTERM/SIGINT/SIGHUP (libmilter's signal thread)
     notify("STOPPING=1")
-    LOG.info("stopping: %d message(s) in flight", in_flight.count)
+    DAEMON_LOG.info("stopping: %d message(s) in flight", in_flight.count)
     if not in_flight.wait_idle(config.milter.grace):
-        LOG.warning("stopping with %d message(s) still in flight: Postfix applies milter_default_action", in_flight.count)
+        DAEMON_LOG.warning("stopping with %d message(s) still in flight: Postfix applies milter_default_action", in_flight.count)
     return 0
