@@ -20,6 +20,7 @@ import contextvars
 import functools
 import logging
 import os
+import signal
 import socket
 import threading
 import time
@@ -325,6 +326,10 @@ def serve(config: Config, socket_spec: str | None = None) -> int:
     import milter as libmilter  # pymilter's C module
 
     spec = socket_spec or config.milter.socket
+    # From here on SIGTERM/SIGINT/SIGHUP stay pending until libmilter's signal thread
+    # (which inherits this mask) sigwait()s for them: a stop asked for while starting
+    # is neither lost nor fatal.
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
     in_flight = InFlight()
     handler = type("ConfiguredMilter", (MailfilterMilter,), {"config": config, "in_flight": in_flight})
     Milter.factory = handler
@@ -341,7 +346,10 @@ def serve(config: Config, socket_spec: str | None = None) -> int:
         os.chmod(path, config.milter.socket_mode)
     DAEMON_LOG.info("listening on %s", spec)
     notify("READY=1")
-    libmilter.main()  # returns after SIGTERM/SIGINT/SIGHUP (libmilter's signal thread)
+    try:
+        libmilter.main()  # returns after SIGTERM/SIGINT/SIGHUP (libmilter's signal thread)
+    except libmilter.error as exc:  # libmilter's listener can end in failure while stopping
+        DAEMON_LOG.warning("milter main loop ended: %s", exc)
     notify("STOPPING=1")
     DAEMON_LOG.info("stopping: %d message(s) in flight", in_flight.count)
     if not in_flight.wait_idle(config.milter.grace):
