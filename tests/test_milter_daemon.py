@@ -4,9 +4,8 @@ import os
 import socket
 import stat
 
-from milterproc import MilterProcess
-
 from conftest import write_config
+from milterproc import MilterProcess
 
 
 def config(tmp_path, socket_spec):

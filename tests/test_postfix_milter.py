@@ -1,0 +1,120 @@
+"""The smtpd_milters wiring end to end, over real SMTP: Postfix -> `mailfilter milter` -> sink.
+
+The milter is the real `mailfilter milter` process on a loopback port, ready
+when it says so (sd_notify), scanning with the real spamd and clamd. The
+SMTP client sees the verdict; the sink sees what was delivered.
+"""
+
+import re
+from email import message_from_bytes
+
+import pytest
+
+import corpus
+import daemons as harness
+from conftest import quarantined, write_config
+from milterproc import MilterProcess
+from postfix import PostfixInstance, free_port, requires_root
+
+pytestmark = [pytest.mark.postfix, pytest.mark.daemons, requires_root]
+SENDER, RECIPIENT, ADMIN = "alice@example.org", "bob@example.net", "admin@example.net"
+
+
+@pytest.fixture
+def wiring(daemons, tmp_path):
+    """start(**milter config) -> (postfix, milter); both stopped afterwards."""
+    started = []
+
+    def start(**milter_config):
+        postfix = PostfixInstance()
+        started.append(postfix)
+        port = free_port()
+        config = write_config(
+            tmp_path / "milter.toml",
+            {
+                "spamd": {"host": daemons["spamd_host"], "port": daemons["spamd_port"], "timeout": 30},
+                "clamd": {"socket": daemons["clamd_socket"], "timeout": 30},
+                "quarantine": {"dir": str(tmp_path / "quarantine")},
+                "report": {"admin": ADMIN, "sender": "mailfilter@example.net", "state_dir": str(tmp_path / "state")},
+                "milter": {"socket": f"inet:{port}@127.0.0.1", "tmpdir": str(tmp_path), **milter_config},
+                "log": {"syslog": False, "file": str(tmp_path / "milter.log")},
+            },
+        )
+        # MAIL_CONFIG: the milter's admin reports go through this instance's sendmail.
+        milter = MilterProcess(config, tmp_path, env={"MAIL_CONFIG": str(postfix.config_dir)})
+        started.append(milter)
+        milter.expect(b"READY=1")
+        postfix.start("milter", milter=f"inet:127.0.0.1:{port}", milter_content_timeout="120s")
+        return postfix, milter
+
+    yield start
+    for thing in reversed(started):
+        thing.close()
+
+
+def milter_log(tmp_path):
+    return (tmp_path / "milter.log").read_text()
+
+
+def test_clean_and_spam_are_delivered_with_our_headers(wiring, tmp_path):
+    postfix, _ = wiring()
+    assert postfix.send(corpus.spoofed_headers(), SENDER, [RECIPIENT])[0] == 250
+    assert postfix.send(corpus.gtube(), SENDER, [RECIPIENT])[0] == 250
+    ham, spam = (message_from_bytes(d.data) for d in postfix.sink.wait(2))
+    assert ham.get_all("X-Virus-Status") == ["Clean"] and ham.get_all("X-Spam-Flag") == ["NO"]
+    assert ham.get_all("X-Spam-Score") != ["-100.0"] and "folded over" not in str(ham)
+    assert spam["X-Spam-Flag"] == "YES" and "GTUBE" in spam["X-Spam-Status"]
+    log = milter_log(tmp_path)
+    assert re.search(r"\b[0-9A-F]{6,}: from=<alice@example.org>, nrcpt=1, verdict=clean", log)
+    assert "callback failed" not in log
+
+
+def test_virus_is_rejected_554_and_not_delivered(wiring):
+    postfix, _ = wiring()
+    code, text = postfix.send(corpus.eicar_attached(), SENDER, [RECIPIENT])
+    assert code == 554 and text.startswith("5.7.1 message rejected: virus found: Eicar-Test-Signature")
+    assert postfix.send(corpus.clean(), SENDER, [RECIPIENT])[0] == 250
+    [delivery] = postfix.sink.wait(1)  # only the clean one
+    assert b"EICAR" not in delivery.data
+
+
+def test_virus_quarantined_and_reported(wiring, tmp_path):
+    postfix, _ = wiring(virus="quarantine")
+    assert postfix.send(corpus.eicar_in_zip(), SENDER, [RECIPIENT])[0] == 250
+    [report] = postfix.sink.wait(1)
+    assert report.recipients == (ADMIN,) and message_from_bytes(report.data)["Subject"] == "VIRUS FOUND"
+    [(meta, _)] = quarantined(tmp_path / "quarantine")
+    assert meta["reason"] == "virus" and meta["recipients"] == [RECIPIENT] and meta["queue_id"]
+
+
+def test_spamd_stopped_is_451_and_nothing_delivered(wiring):
+    postfix, _ = wiring()
+    harness.stop(only="spamd")
+    try:
+        code, text = postfix.send(corpus.clean(), SENDER, [RECIPIENT])
+    finally:
+        harness.start(only="spamd")
+    assert code == 451 and text.startswith("4.7.1 mailfilter: spamd unavailable")
+    assert postfix.postqueue_json() == [] or all(m["recipients"][0]["address"] == ADMIN for m in postfix.postqueue_json())
+    assert not [d for d in postfix.sink.deliveries if d.recipients == (RECIPIENT,)]
+
+
+def test_milter_stopped_means_milter_default_action_tempfail(wiring):
+    postfix, milter = wiring()
+    assert milter.terminate() == 0
+    code, text = postfix.send(corpus.clean(), SENDER, [RECIPIENT])
+    assert code == 451 and text.startswith("4.7.1")
+    assert postfix.postqueue_json() == [] and postfix.sink.deliveries == []
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [corpus.raw_8bit_subject(), b"From: a@example.org\nSubject: no newline at the end\n\nlast line without newline"],
+    ids=["8bit-header", "no-trailing-newline"],
+)
+def test_odd_messages_pass_without_exception(wiring, tmp_path, raw):
+    postfix, _ = wiring()
+    assert postfix.send(raw, SENDER, [RECIPIENT])[0] == 250
+    [delivery] = postfix.sink.wait(1)
+    assert message_from_bytes(delivery.data)["X-Virus-Status"] == "Clean"
+    assert "callback failed" not in milter_log(tmp_path)
