@@ -38,4 +38,5 @@ class MilterProcess:
             self.proc.kill()
             self.proc.wait()
         self.notify.close()
-        os.unlink(self.notify_path)
+        if os.path.exists(self.notify_path):
+            os.unlink(self.notify_path)

@@ -6,6 +6,10 @@ SMTP client sees the verdict; the sink sees what was delivered.
 """
 
 import re
+import signal
+import socket
+import socketserver
+import threading
 from email import message_from_bytes
 
 import pytest
@@ -25,14 +29,14 @@ def wiring(daemons, tmp_path):
     """start(**milter config) -> (postfix, milter); both stopped afterwards."""
     started = []
 
-    def start(**milter_config):
+    def start(spamd_port=None, **milter_config):
         postfix = PostfixInstance()
         started.append(postfix)
         port = free_port()
         config = write_config(
             tmp_path / "milter.toml",
             {
-                "spamd": {"host": daemons["spamd_host"], "port": daemons["spamd_port"], "timeout": 30},
+                "spamd": {"host": daemons["spamd_host"], "port": spamd_port or daemons["spamd_port"], "timeout": 30},
                 "clamd": {"socket": daemons["clamd_socket"], "timeout": 30},
                 "quarantine": {"dir": str(tmp_path / "quarantine")},
                 "report": {"admin": ADMIN, "sender": "mailfilter@example.net", "state_dir": str(tmp_path / "state")},
@@ -118,3 +122,56 @@ def test_odd_messages_pass_without_exception(wiring, tmp_path, raw):
     [delivery] = postfix.sink.wait(1)
     assert message_from_bytes(delivery.data)["X-Virus-Status"] == "Clean"
     assert "callback failed" not in milter_log(tmp_path)
+
+
+class SlowSpamd:
+    """A spamd in front of the real one that holds each request DELAY seconds: a message stays in flight."""
+
+    def __init__(self, host, port, delay):
+        self.arrived = threading.Event()
+        outer = self
+
+        class Relay(socketserver.BaseRequestHandler):
+            def handle(self):
+                outer.arrived.set()
+                request = b""
+                self.request.settimeout(30)
+                while chunk := self.request.recv(65536):  # aiospamc half-closes after its request
+                    request += chunk
+                threading.Event().wait(delay)  # the slow scanner: a modelled delay, not a wait for readiness
+                with socket.create_connection((host, port), timeout=30) as upstream:
+                    upstream.sendall(request)
+                    upstream.shutdown(socket.SHUT_WR)
+                    while chunk := upstream.recv(65536):
+                        self.request.sendall(chunk)
+
+        self.server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Relay)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
+        self.thread.start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_sigterm_lets_the_message_in_flight_finish(wiring, daemons, tmp_path):
+    slow = SlowSpamd(daemons["spamd_host"], daemons["spamd_port"], delay=2.0)
+    try:
+        postfix, milter = wiring(spamd_port=slow.port)
+        result = {}
+        client = threading.Thread(target=lambda: result.update(reply=postfix.send(corpus.clean(), SENDER, [RECIPIENT])))
+        client.start()
+        assert slow.arrived.wait(30), "the message never reached spamd"
+        milter.proc.send_signal(signal.SIGTERM)  # while the message is being scanned
+        milter.expect(b"STOPPING=1")
+        client.join(60)
+        assert milter.proc.wait(timeout=60) == 0
+    finally:
+        slow.close()
+    assert result["reply"][0] == 250, result  # finished: neither cut off nor accepted unscanned
+    [delivery] = postfix.sink.wait(1)
+    assert message_from_bytes(delivery.data)["X-Virus-Status"] == "Clean"
+    log = milter_log(tmp_path)
+    assert "verdict=clean" in log and "still in flight" not in log
