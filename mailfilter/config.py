@@ -63,6 +63,13 @@ def _milter_socket(value: Any) -> str | None:
     return "must be unix:/PATH or inet:PORT@HOST"
 
 
+def _listen(value: Any) -> str | None:
+    host, _, port = value.rpartition(":")
+    if value == "" or (host and port.isdigit() and 0 < int(port) < 65536):
+        return None
+    return "must be HOST:PORT (or '' to turn it off)"
+
+
 def _mode(value: Any) -> str | None:
     return None if 0 <= value <= 0o777 else "must be a file mode such as 0o660"
 
@@ -120,7 +127,8 @@ class ReportConfig:
     admin: str = _key("postmaster", "who receives VIRUS FOUND / ANTIVIRUS FAILED reports ('' turns reports off)")
     sender: str = _key("postmaster", "envelope sender and From: of the reports")
     interval: float = _key(3600.0, "seconds between two reports of the same scanner failure; the rest are counted", _positive)
-    state_dir: str = _key("/var/lib/mailfilter", "where the report rate limit keeps its state")
+    state_dir: str = _key("/var/lib/mailfilter", "where the report rate limit and the pipe metrics keep their state")
+    journal_dir: str = _key("/var/lib/mailfilter/journal", "one JSON line per message, for `mailfilter report` ('' turns it off)")
 
 
 @dataclass(frozen=True)
@@ -144,6 +152,12 @@ class MilterConfig:
 
 
 @dataclass(frozen=True)
+class MetricsConfig:
+    listen: str = _key("127.0.0.1:9899", "milter: serve Prometheus metrics on HOST:PORT ('' turns it off)", _listen)
+    textfile: str = _key("", "pipe: rewrite this .prom file for node_exporter's textfile collector ('' turns it off)")
+
+
+@dataclass(frozen=True)
 class LogConfig:
     syslog: bool = _key(True, "log to syslog facility mail under `pipe` (the CLI logs to stderr)")
     file: str = _key("", "also append log lines to this file")
@@ -160,6 +174,7 @@ class Config:
     report: ReportConfig = field(default_factory=ReportConfig)
     pipe: PipeConfig = field(default_factory=PipeConfig)
     milter: MilterConfig = field(default_factory=MilterConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
     log: LogConfig = field(default_factory=LogConfig)
     source: str = "(defaults)"
 

@@ -106,6 +106,8 @@ class ScanResults:
 
     spam: SpamOutcome
     virus: VirusOutcome
+    spam_seconds: float = 0.0  # how long each scanner took
+    virus_seconds: float = 0.0
 
     @property
     def failures(self) -> tuple[ScanFailure, ...]:

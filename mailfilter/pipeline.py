@@ -9,6 +9,7 @@ a hang and never a clean result.
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass
 
 from . import policy
@@ -32,11 +33,13 @@ async def _virus(message: Spool, config: Config) -> VirusOutcome:
 
 
 async def _bounded(coro, timeout: float, scanner: str):
-    # The scanners enforce their own timeouts; this is the backstop for one that does not.
+    """(outcome, seconds). The scanners enforce their own timeouts; this is the backstop for one that does not."""
+    started = time.monotonic()
     try:
-        return await asyncio.wait_for(coro, timeout + 5.0)
+        outcome = await asyncio.wait_for(coro, timeout + 5.0)
     except TimeoutError:
-        return ScanFailure(scanner, Cause.TIMEOUT, f"no answer within {timeout:g} s")
+        outcome = ScanFailure(scanner, Cause.TIMEOUT, f"no answer within {timeout:g} s")
+    return outcome, time.monotonic() - started
 
 
 async def _skipped(reason: str) -> SpamSkipped:
@@ -51,11 +54,11 @@ async def scan_async(message: Spool, config: Config) -> ScanResults:
     else:
         # Read spamd's copy now, before the ClamAV thread starts streaming the same spool.
         spam_scan = spamd.scan(message.read(), config.spamd)
-    spam, virus = await asyncio.gather(
+    (spam, spam_seconds), (virus, virus_seconds) = await asyncio.gather(
         _bounded(spam_scan, config.spamd.timeout, SCANNER_SPAMD),
         _bounded(_virus(message, config), config.clamd.timeout, SCANNER_CLAMAV),
     )
-    return ScanResults(spam=spam, virus=virus)
+    return ScanResults(spam, virus, spam_seconds, virus_seconds)
 
 
 def scan(message: Spool, config: Config) -> ScanResults:

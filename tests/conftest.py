@@ -67,7 +67,12 @@ def make_config(tmp_path, sendmail):
         sections = {
             "delivery": {"sendmail": sendmail.argv(), "timeout": 30},
             "quarantine": {"dir": str(tmp_path / "quarantine")},
-            "report": {"admin": "admin@example.net", "sender": "mailfilter@example.net", "state_dir": str(tmp_path / "state")},
+            "report": {
+                "admin": "admin@example.net",
+                "sender": "mailfilter@example.net",
+                "state_dir": str(tmp_path / "state"),
+                "journal_dir": str(tmp_path / "journal"),
+            },
             "log": {"syslog": False, "file": str(tmp_path / "mailfilter.log")},
         }
         for name, table in overrides.items():

@@ -15,7 +15,8 @@ def config(tmp_path, socket_spec):
             "milter": {"socket": socket_spec, "grace": 5},
             "log": {"syslog": False, "file": str(tmp_path / "milter.log")},
             "quarantine": {"dir": str(tmp_path / "q")},
-            "report": {"state_dir": str(tmp_path / "state")},
+            "report": {"state_dir": str(tmp_path / "state"), "journal_dir": str(tmp_path / "journal")},
+            "metrics": {"listen": ""},
         },
     )
 

@@ -7,7 +7,7 @@ import pytest
 from Milter import testctx
 
 from mailfilter import config as configmod
-from mailfilter import pipeline
+from mailfilter import metrics, pipeline
 from mailfilter.doors import milter
 from mailfilter.model import Cause, ScanFailure, ScanResults, SpamReport, VirusReport
 
@@ -47,14 +47,15 @@ def run_milter(tmp_path, sendmail):
         base = {
             "delivery": {"sendmail": sendmail.argv()},
             "quarantine": {"dir": str(tmp_path / "quarantine")},
-            "report": {"admin": "admin@example.net", "state_dir": str(tmp_path / "state")},
+            "report": {"admin": "admin@example.net", "state_dir": str(tmp_path / "state"), "journal_dir": str(tmp_path / "journal")},
             "milter": {"tmpdir": str(tmp_path)},
         }
         for name, table in sections.items():
             base.setdefault(name, {}).update(table)
         config = configmod.from_dict(base)
         in_flight = milter.InFlight()
-        Milter.factory = type("M", (milter.MailfilterMilter,), {"config": config, "in_flight": in_flight})
+        attributes = {"config": config, "in_flight": in_flight, "tally": metrics.Tally()}
+        Milter.factory = type("M", (milter.MailfilterMilter,), attributes)
         ctx = Ctx()
         ctx._setsymval("i", "4F2A1C")
         assert ctx._connect() == Milter.CONTINUE

@@ -35,7 +35,12 @@ def postfix(daemons):
                 "spamd": {"host": daemons["spamd_host"], "port": daemons["spamd_port"], "timeout": 10},
                 "clamd": {"socket": daemons["clamd_socket"], "timeout": 10},
                 "quarantine": {"dir": str(folder / "quarantine")},
-                "report": {"admin": ADMIN, "sender": "mailfilter@example.net", "state_dir": str(folder / "state")},
+                "report": {
+                    "admin": ADMIN,
+                    "sender": "mailfilter@example.net",
+                    "state_dir": str(folder / "state"),
+                    "journal_dir": str(folder / "journal"),
+                },
                 "log": {"syslog": False, "file": str(folder / "mailfilter.log")},
             },
         )

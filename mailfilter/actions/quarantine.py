@@ -28,10 +28,10 @@ def new_id(now: datetime) -> str:
     return now.strftime("%Y%m%dT%H%M%SZ-") + secrets.token_hex(5)
 
 
-def write_atomic(folder: str, name: str, chunks: Iterable[bytes]) -> None:
+def write_atomic(folder: str, name: str, chunks: Iterable[bytes], mode: int = 0o600) -> None:
     """Write CHUNKS to FOLDER/NAME via a hidden temporary file, fsync, rename, fsync the folder."""
     tmp = os.path.join(folder, f".{name}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
     try:
         try:
             for chunk in chunks:

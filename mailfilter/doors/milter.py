@@ -30,7 +30,7 @@ from typing import Any
 
 import Milter
 
-from .. import log, message, pipeline
+from .. import journal, log, message, metrics, pipeline
 from ..actions import quarantine, report
 from ..config import Config
 from ..model import Decision, Envelope, ScanResults, Verdict, VirusReport
@@ -102,6 +102,7 @@ class MailfilterMilter(Milter.Base):
 
     config: Config
     in_flight: InFlight
+    tally: metrics.Tally
 
     def __init__(self) -> None:
         self.spool: Spool | None = None
@@ -237,6 +238,8 @@ class MailfilterMilter(Milter.Base):
         if decision.report and (decision.verdict is not Verdict.VIRUS or action in ("quarantine", "hold")):
             sent = self.send_report(envelope, spool, outcome, quarantine_id)
         delay = time.monotonic() - self.started
+        entry = journal.event("milter", envelope, outcome.results, decision, action, spool.size, delay, datetime.now(UTC), quarantine_id)
+        metrics.account(entry, self.config, LOG, self.tally)
         LOG.info("%s", log.summary(envelope, outcome.results, decision, delay, milter=action, quarantine=quarantine_id, report=sent))
         return status
 
@@ -331,7 +334,8 @@ def serve(config: Config, socket_spec: str | None = None) -> int:
     # is neither lost nor fatal.
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
     in_flight = InFlight()
-    handler = type("ConfiguredMilter", (MailfilterMilter,), {"config": config, "in_flight": in_flight})
+    tally = metrics.Tally()
+    handler = type("ConfiguredMilter", (MailfilterMilter,), {"config": config, "in_flight": in_flight, "tally": tally})
     Milter.factory = handler
     _register(libmilter)
     path = spec[len("unix:") :] if spec.startswith("unix:") else None
@@ -345,6 +349,12 @@ def serve(config: Config, socket_spec: str | None = None) -> int:
     if path:
         os.chmod(path, config.milter.socket_mode)
     DAEMON_LOG.info("listening on %s", spec)
+    if config.metrics.listen:
+        try:
+            metrics.serve(config.metrics.listen, tally, lambda: in_flight.count, config.quarantine.dir)
+        except OSError as exc:
+            raise ServeError(f"cannot serve metrics on {config.metrics.listen}: {exc.strerror or exc}") from None
+        DAEMON_LOG.info("metrics on http://%s/metrics", config.metrics.listen)
     notify("READY=1")
     try:
         libmilter.main()  # returns after SIGTERM/SIGINT/SIGHUP (libmilter's signal thread)

@@ -186,7 +186,7 @@ def main(argv: list[str], stdin: BinaryIO, stdout: TextIO, environ: Mapping[str,
 
 def filter_message(envelope: Envelope, spool: Spool, config, logger: logging.Logger, started: float) -> tuple[int, str | None]:
     """Scan, decide, act. Returns the exit status and the status line to print (None on success)."""
-    from .. import message, pipeline
+    from .. import journal, message, metrics, pipeline
     from ..actions import quarantine, reinject
     from ..log import summary
     from ..model import Action
@@ -206,7 +206,14 @@ def filter_message(envelope: Envelope, spool: Spool, config, logger: logging.Log
         quarantine_id = quarantine.store(spool, quarantine.describe(envelope, spool, outcome.results, decision), config.quarantine.dir)
 
     report = _report(envelope, spool, outcome, quarantine_id, config, logger) if decision.report else None
-    logger.info("%s", summary(envelope, outcome.results, decision, time.monotonic() - started, quarantine=quarantine_id, report=report))
+    delay = time.monotonic() - started
+    now = datetime.now(UTC)
+    metrics.account(
+        journal.event("pipe", envelope, outcome.results, decision, decision.action.value, spool.size, delay, now, quarantine_id),
+        config,
+        logger,
+    )
+    logger.info("%s", summary(envelope, outcome.results, decision, delay, quarantine=quarantine_id, report=report))
     return PIPE_EXIT_BY_ACTION[decision.action], decision.dsn.line() if decision.dsn else None
 
 
