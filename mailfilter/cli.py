@@ -12,6 +12,7 @@ import click
 
 from . import __version__
 from . import config as configmod
+from .commands.quarantine import quarantine
 
 
 class Context:
@@ -94,6 +95,9 @@ def milter(obj: Context, socket_spec: str | None) -> None:
     except door.ServeError as exc:
         raise click.ClickException(str(exc)) from None
     sys.exit(status)
+
+
+cli.add_command(quarantine)
 
 
 @cli.command("config")

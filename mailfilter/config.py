@@ -100,6 +100,7 @@ class ClamdConfig:
         "tempfail", "ClamAV down, timing out or failing: 'tempfail' (keep mail queued) or 'accept' (deliver unscanned)", ON_ERROR
     )
     clamscan: list = _key(["/usr/bin/clamscan"], "clamscan backend: command and extra arguments (e.g. --database=DIR)", _argv)  # noqa: RUF009
+    config_file: str = _key("/etc/clamav/clamd.conf", "clamd's own config, where `mailfilter check` reads StreamMaxLength ('' skips it)")
 
 
 @dataclass(frozen=True)

@@ -129,6 +129,14 @@ def real_config(make_config, daemons):
     return make
 
 
+def free_tcp_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def quarantined(folder: Path) -> list[tuple[dict, bytes]]:
     out = []
     for meta in sorted(folder.glob("*.json")):

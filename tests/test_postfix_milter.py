@@ -29,7 +29,7 @@ def wiring(daemons, tmp_path):
     """start(**milter config) -> (postfix, milter); both stopped afterwards."""
     started = []
 
-    def start(spamd_port=None, **milter_config):
+    def start(spamd_port=None, metrics_port=None, **milter_config):
         postfix = PostfixInstance()
         started.append(postfix)
         port = free_port()
@@ -45,7 +45,7 @@ def wiring(daemons, tmp_path):
                     "state_dir": str(tmp_path / "state"),
                     "journal_dir": str(tmp_path / "journal"),
                 },
-                "metrics": {"listen": ""},
+                "metrics": {"listen": f"127.0.0.1:{metrics_port}" if metrics_port else ""},
                 "milter": {"socket": f"inet:{port}@127.0.0.1", "tmpdir": str(tmp_path), **milter_config},
                 "log": {"syslog": False, "file": str(tmp_path / "milter.log")},
             },
@@ -181,3 +181,27 @@ def test_sigterm_lets_the_message_in_flight_finish(wiring, daemons, tmp_path):
     assert message_from_bytes(delivery.data)["X-Virus-Status"] == "Clean"
     log = milter_log(tmp_path)
     assert "verdict=clean" in log and "still in flight" not in log
+
+
+def test_metrics_endpoint_counts_what_went_through(wiring):
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from conftest import free_tcp_port
+
+    port = free_tcp_port()
+    postfix, _ = wiring(metrics_port=port)
+    replies = [
+        postfix.send(raw, SENDER, [RECIPIENT])[0] for raw in (corpus.clean(), corpus.clean(), corpus.gtube(), corpus.eicar_attached())
+    ]
+    assert replies == [250, 250, 250, 554]
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    counts = {
+        (s.labels.get("verdict"), s.labels.get("action")): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == "mailfilter_messages_total"
+    }
+    assert counts == {("clean", "deliver"): 2, ("spam", "deliver"): 1, ("virus", "reject"): 1}
+    assert "mailfilter_in_flight 0.0" in text and 'mailfilter_scan_duration_seconds_count{scanner="clamav"} 4.0' in text

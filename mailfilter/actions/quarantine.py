@@ -1,5 +1,9 @@
 """The quarantine store: each held message is ID.eml (the bytes as received) and ID.json (metadata).
 
+Writers (store, release, delete, purge; in many pipe processes and milter
+threads at once) update an entry's metadata only under an exclusive lock on its
+.eml, and replace the .json atomically, so no update is lost.
+
 Writes are durable before they are reported: a temporary name in the same
 folder (hidden, so never listed), fsync, rename, fsync of the folder. The
 message is renamed into place before its metadata, and a listing goes by the
@@ -8,11 +12,14 @@ metadata, so a half-written entry is never seen. Files are 0600, the folder 0700
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
+import re
 import secrets
-from collections.abc import Iterable
-from datetime import UTC, datetime
+from collections.abc import Callable, Iterable, Iterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from .. import message as msgmod
@@ -103,3 +110,122 @@ def _remove(path: str) -> None:
         os.unlink(path)
     except OSError:
         pass
+
+
+# --- the store as an admin sees it: list, show, release, delete, purge -----------------------------
+
+ID_PATTERN = re.compile(r"^\d{8}T\d{6}Z-[0-9a-f]{10}$")
+
+
+class NotFound(QuarantineError):
+    """No such quarantine id."""
+
+
+class Refused(QuarantineError):
+    """The operation needs --force (releasing a virus)."""
+
+
+def _check_id(qid: str) -> str:
+    if not ID_PATTERN.match(qid):
+        raise NotFound(f"{qid!r} is not a quarantine id (like 20261127T120000Z-0a1b2c3d4e)")
+    return qid
+
+
+def entries(folder: str) -> list[dict[str, Any]]:
+    """Every complete entry's metadata, newest first. Hidden temporary files are never read."""
+    out = []
+    try:
+        names = os.listdir(folder)
+    except FileNotFoundError:
+        return []
+    for name in names:
+        if name.startswith(".") or not name.endswith(".json") or not ID_PATTERN.match(name[:-5]):
+            continue
+        try:
+            with open(os.path.join(folder, name), encoding="utf-8") as fh:
+                out.append(json.load(fh))
+        except (OSError, ValueError):
+            continue  # deleted meanwhile, or damaged: not an entry to show
+    return sorted(out, key=lambda meta: meta.get("created", ""), reverse=True)
+
+
+def load(folder: str, qid: str) -> dict[str, Any]:
+    try:
+        with open(os.path.join(folder, f"{_check_id(qid)}.json"), encoding="utf-8") as fh:
+            return json.load(fh)
+    except FileNotFoundError:
+        raise NotFound(f"no message {qid} in {folder}") from None
+
+
+def message_path(folder: str, qid: str) -> str:
+    return os.path.join(folder, f"{_check_id(qid)}.eml")
+
+
+@contextlib.contextmanager
+def locked(folder: str, qid: str) -> Iterator[dict[str, Any]]:
+    """Hold the entry's lock and yield its metadata; what the block changes in it is written back atomically.
+
+    The lock is taken on the .eml file, which is never replaced (the .json is,
+    by rename), so every writer (release, delete, another process) serialises on it.
+    """
+    try:
+        fd = os.open(message_path(folder, qid), os.O_RDONLY | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        raise NotFound(f"no message {qid} in {folder}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        meta = load(folder, qid)
+        before = json.dumps(meta, sort_keys=True)
+        yield meta
+        after = json.dumps(meta, indent=1, sort_keys=True)
+        if after != before and os.path.exists(os.path.join(folder, f"{qid}.json")):
+            write_atomic(folder, f"{qid}.json", [after.encode("utf-8")])
+    finally:
+        os.close(fd)
+
+
+def release(
+    folder: str,
+    qid: str,
+    by: str,
+    send: Callable[[bytes, str, list[str]], None],
+    recipients: list[str] | None = None,
+    force: bool = False,
+    now: datetime | None = None,
+) -> dict[str, Any]:
+    """Reinject the original bytes, with one header saying who released it, to the original recipients
+    (or RECIPIENTS). A virus needs FORCE. The entry stays, marked released, until purged."""
+    now = now or datetime.now(UTC)
+    with locked(folder, qid) as meta:
+        if meta.get("reason") == "virus" and not force:
+            names = ", ".join(meta.get("virus_names", [])) or "a virus"
+            raise Refused(f"{qid} holds {names}: releasing it needs --force")
+        to = recipients or meta["recipients"]
+        stamp = f"X-Mailfilter-Released: {msgmod.header_value(by, 100)} on {now.isoformat(timespec='seconds')} (quarantine id {qid})"
+        with open(message_path(folder, qid), "rb") as fh:
+            original = fh.read()
+        eol = b"\r\n" if original[:4096].count(b"\r\n") else b"\n"
+        send(stamp.encode("ascii", "replace") + eol + original, meta["sender"], list(to))
+        meta.setdefault("released", []).append({"at": now.isoformat(timespec="seconds"), "by": by, "to": list(to)})
+        return meta
+
+
+def delete(folder: str, qid: str) -> None:
+    """Remove an entry: metadata first (so it is no longer listed), then the message."""
+    with locked(folder, qid):
+        os.unlink(os.path.join(folder, f"{qid}.json"))
+        os.unlink(message_path(folder, qid))
+
+
+def purge(folder: str, older_than: timedelta, now: datetime | None = None) -> list[str]:
+    """Delete every entry created more than OLDER_THAN ago; return their ids."""
+    limit = ((now or datetime.now(UTC)) - older_than).isoformat(timespec="seconds")
+    gone = []
+    for meta in entries(folder):
+        if meta.get("created", "") < limit:
+            try:
+                delete(folder, meta["id"])
+            except NotFound:
+                continue  # removed by someone else meanwhile
+            gone.append(meta["id"])
+    return gone
