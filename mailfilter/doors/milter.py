@@ -190,8 +190,10 @@ class MailfilterMilter(Milter.Base):
         envelope = Envelope(self.sender, tuple(self.recipients), QUEUE_ID.get())
         try:
             if self.too_big:
-                limit = self.config.milter.max_size
-                LOG.info("%s", log.summary(envelope, None, None, time.monotonic() - self.started, action="reject", size=f">{limit}"))
+                limit, delay = self.config.milter.max_size, time.monotonic() - self.started
+                entry = journal.event("milter", envelope, None, None, "reject", spool.size, delay, datetime.now(UTC))
+                metrics.account(entry, self.config, LOG, self.tally)
+                LOG.info("%s", log.summary(envelope, None, None, delay, action="reject", size=f">{limit}"))
                 self.setreply("552", "5.3.4", f"message larger than {limit} bytes cannot be scanned")
                 return Milter.REJECT
             outcome = pipeline.run(spool, self.config)
