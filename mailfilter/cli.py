@@ -12,6 +12,7 @@ import click
 
 from . import __version__
 from . import config as configmod
+from .commands.check import check
 from .commands.daily import report
 from .commands.quarantine import quarantine
 
@@ -98,6 +99,7 @@ def milter(obj: Context, socket_spec: str | None) -> None:
     sys.exit(status)
 
 
+cli.add_command(check)
 cli.add_command(quarantine)
 cli.add_command(report)
 

@@ -149,6 +149,7 @@ class MilterConfig:
     spool_memory: int = _key(1048576, "bytes of a message held in memory; the rest goes to a private temporary file", _positive)
     tmpdir: str = _key("", "folder for spooled messages ('' for the system's temporary folder)")
     socket_mode: int = _key(0o660, "permissions of a unix socket (0o660: Postfix's group must be the socket's group)", _mode, octal=True)
+    user: str = _key("", "when started as root: USER[:GROUP] to become once the socket is open (refused as root without it)")
     grace: float = _key(30.0, "seconds to let messages in flight finish after SIGTERM", _positive)
 
 

@@ -17,6 +17,9 @@ from .config import Config
 from .model import SCANNER_CLAMAV, SCANNER_SPAMD, Cause, Decision, ScanFailure, ScanResults, SpamSkipped, VirusOutcome
 from .spool import Spool
 
+# Seconds the pipeline waits beyond a scanner's own timeout before it calls the scanner hung.
+BACKSTOP = 5.0
+
 
 @dataclass(frozen=True)
 class Outcome:
@@ -36,7 +39,7 @@ async def _bounded(coro, timeout: float, scanner: str):
     """(outcome, seconds). The scanners enforce their own timeouts; this is the backstop for one that does not."""
     started = time.monotonic()
     try:
-        outcome = await asyncio.wait_for(coro, timeout + 5.0)
+        outcome = await asyncio.wait_for(coro, timeout + BACKSTOP)
     except TimeoutError:
         outcome = ScanFailure(scanner, Cause.TIMEOUT, f"no answer within {timeout:g} s")
     return outcome, time.monotonic() - started

@@ -17,7 +17,7 @@ import pytest
 import corpus
 import daemons as harness
 from conftest import quarantined, write_config
-from milterproc import MilterProcess
+from milterproc import USER, MilterProcess
 from postfix import PostfixInstance, free_port, requires_root
 
 pytestmark = [pytest.mark.postfix, pytest.mark.daemons, requires_root]
@@ -25,34 +25,39 @@ SENDER, RECIPIENT, ADMIN = "alice@example.org", "bob@example.net", "admin@exampl
 
 
 @pytest.fixture
-def wiring(daemons, tmp_path):
-    """start(**milter config) -> (postfix, milter); both stopped afterwards."""
+def wiring(daemons):
+    """start(**milter config) -> (postfix, milter); both stopped afterwards.
+
+    The milter runs as USER (it drops root), so its files live in milter.folder.
+    """
     started = []
 
     def start(spamd_port=None, metrics_port=None, **milter_config):
         postfix = PostfixInstance()
         started.append(postfix)
-        port = free_port()
+        milter = MilterProcess()
+        started.append(milter)
+        port, folder = free_port(), milter.folder
         config = write_config(
-            tmp_path / "milter.toml",
+            folder / "milter.toml",
             {
                 "spamd": {"host": daemons["spamd_host"], "port": spamd_port or daemons["spamd_port"], "timeout": 30},
                 "clamd": {"socket": daemons["clamd_socket"], "timeout": 30},
-                "quarantine": {"dir": str(tmp_path / "quarantine")},
+                "quarantine": {"dir": str(folder / "quarantine")},
                 "report": {
                     "admin": ADMIN,
                     "sender": "mailfilter@example.net",
-                    "state_dir": str(tmp_path / "state"),
-                    "journal_dir": str(tmp_path / "journal"),
+                    "state_dir": str(folder / "state"),
+                    "journal_dir": str(folder / "journal"),
                 },
                 "metrics": {"listen": f"127.0.0.1:{metrics_port}" if metrics_port else ""},
-                "milter": {"socket": f"inet:{port}@127.0.0.1", "tmpdir": str(tmp_path), **milter_config},
-                "log": {"syslog": False, "file": str(tmp_path / "milter.log")},
+                "milter": {"socket": f"inet:{port}@127.0.0.1", "tmpdir": str(folder), "user": f"{USER}:postdrop", **milter_config},
+                "log": {"syslog": False, "file": str(folder / "milter.log")},
             },
         )
-        # MAIL_CONFIG: the milter's admin reports go through this instance's sendmail.
-        milter = MilterProcess(config, tmp_path, env={"MAIL_CONFIG": str(postfix.config_dir)})
-        started.append(milter)
+        # MAIL_CONFIG: the milter's admin reports go through this instance's sendmail, whose
+        # postdrop trusts MAIL_CONFIG only from group postdrop (POSTFIX-TESTING.md).
+        milter.start(config, env={"MAIL_CONFIG": str(postfix.config_dir)})
         milter.expect(b"READY=1")
         postfix.start("milter", milter=f"inet:127.0.0.1:{port}", milter_content_timeout="120s")
         return postfix, milter
@@ -62,19 +67,15 @@ def wiring(daemons, tmp_path):
         thing.close()
 
 
-def milter_log(tmp_path):
-    return (tmp_path / "milter.log").read_text()
-
-
-def test_clean_and_spam_are_delivered_with_our_headers(wiring, tmp_path):
-    postfix, _ = wiring()
+def test_clean_and_spam_are_delivered_with_our_headers(wiring):
+    postfix, milter = wiring()
     assert postfix.send(corpus.spoofed_headers(), SENDER, [RECIPIENT])[0] == 250
     assert postfix.send(corpus.gtube(), SENDER, [RECIPIENT])[0] == 250
     ham, spam = (message_from_bytes(d.data) for d in postfix.sink.wait(2))
     assert ham.get_all("X-Virus-Status") == ["Clean"] and ham.get_all("X-Spam-Flag") == ["NO"]
     assert ham.get_all("X-Spam-Score") != ["-100.0"] and "folded over" not in str(ham)
     assert spam["X-Spam-Flag"] == "YES" and "GTUBE" in spam["X-Spam-Status"]
-    log = milter_log(tmp_path)
+    log = milter.log()
     assert re.search(r"\b[0-9A-F]{6,}: from=<alice@example.org>, nrcpt=1, verdict=clean", log)
     assert "callback failed" not in log
 
@@ -88,12 +89,12 @@ def test_virus_is_rejected_554_and_not_delivered(wiring):
     assert b"EICAR" not in delivery.data
 
 
-def test_virus_quarantined_and_reported(wiring, tmp_path):
-    postfix, _ = wiring(virus="quarantine")
+def test_virus_quarantined_and_reported(wiring):
+    postfix, milter = wiring(virus="quarantine")
     assert postfix.send(corpus.eicar_in_zip(), SENDER, [RECIPIENT])[0] == 250
     [report] = postfix.sink.wait(1)
     assert report.recipients == (ADMIN,) and message_from_bytes(report.data)["Subject"] == "VIRUS FOUND"
-    [(meta, _)] = quarantined(tmp_path / "quarantine")
+    [(meta, _)] = quarantined(milter.folder / "quarantine")
     assert meta["reason"] == "virus" and meta["recipients"] == [RECIPIENT] and meta["queue_id"]
 
 
@@ -122,12 +123,12 @@ def test_milter_stopped_means_milter_default_action_tempfail(wiring):
     [corpus.raw_8bit_subject(), b"From: a@example.org\nSubject: no newline at the end\n\nlast line without newline"],
     ids=["8bit-header", "no-trailing-newline"],
 )
-def test_odd_messages_pass_without_exception(wiring, tmp_path, raw):
-    postfix, _ = wiring()
+def test_odd_messages_pass_without_exception(wiring, raw):
+    postfix, milter = wiring()
     assert postfix.send(raw, SENDER, [RECIPIENT])[0] == 250
     [delivery] = postfix.sink.wait(1)
     assert message_from_bytes(delivery.data)["X-Virus-Status"] == "Clean"
-    assert "callback failed" not in milter_log(tmp_path)
+    assert "callback failed" not in milter.log()
 
 
 class SlowSpamd:
@@ -162,7 +163,7 @@ class SlowSpamd:
         self.server.server_close()
 
 
-def test_sigterm_lets_the_message_in_flight_finish(wiring, daemons, tmp_path):
+def test_sigterm_lets_the_message_in_flight_finish(wiring, daemons):
     slow = SlowSpamd(daemons["spamd_host"], daemons["spamd_port"], delay=2.0)
     try:
         postfix, milter = wiring(spamd_port=slow.port)
@@ -179,7 +180,7 @@ def test_sigterm_lets_the_message_in_flight_finish(wiring, daemons, tmp_path):
     assert result["reply"][0] == 250, result  # finished: neither cut off nor accepted unscanned
     [delivery] = postfix.sink.wait(1)
     assert message_from_bytes(delivery.data)["X-Virus-Status"] == "Clean"
-    log = milter_log(tmp_path)
+    log = milter.log()
     assert "verdict=clean" in log and "still in flight" not in log
 
 

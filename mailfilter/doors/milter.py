@@ -326,10 +326,43 @@ def _register(milter_module: Any) -> None:
     )
 
 
+def drop_privileges(spec: str, socket_path: str | None) -> None:
+    """Become USER[:GROUP] (as pipe(8)'s user=): its uid, GROUP or its own group, and its other groups.
+    The socket becomes theirs."""
+    import grp
+    import pwd
+
+    user, _, group = spec.partition(":")
+    try:
+        entry = pwd.getpwnam(user)
+        gid = grp.getgrnam(group).gr_gid if group else entry.pw_gid
+    except KeyError:
+        raise ServeError(f"[milter] user {spec!r}: no such user or group") from None
+    if entry.pw_uid == 0 or gid == 0:
+        raise ServeError(f"[milter] user {spec!r} is root: name an unprivileged user and group")
+    if socket_path:
+        os.chown(socket_path, entry.pw_uid, gid)
+    os.setgroups(os.getgrouplist(user, gid))
+    os.setgid(gid)
+    os.setuid(entry.pw_uid)
+    DAEMON_LOG.info("running as %s (uid %d, gid %d)", spec, entry.pw_uid, gid)
+
+
+def _preload() -> None:
+    """Import now what messages will need, so nothing is imported per message or after dropping privileges."""
+    import aiospamc.client  # noqa: F401
+    import pyclamd  # noqa: F401
+
+    from ..scanners import clamd, clamscan, spamd  # noqa: F401
+
+
 def serve(config: Config, socket_spec: str | None = None) -> int:
     """Run until SIGTERM/SIGINT; then let messages in flight finish (up to [milter] grace). Returns an exit status."""
     import milter as libmilter  # pymilter's C module
 
+    if os.geteuid() == 0 and not config.milter.user:
+        raise ServeError("refusing to run as root: set [milter] user (privileges are dropped once the socket is open)")
+    _preload()
     spec = socket_spec or config.milter.socket
     # From here on SIGTERM/SIGINT/SIGHUP stay pending until libmilter's signal thread
     # (which inherits this mask) sigwait()s for them: a stop asked for while starting
@@ -350,6 +383,8 @@ def serve(config: Config, socket_spec: str | None = None) -> int:
         raise ServeError(f"cannot listen on {spec}: {exc}") from None
     if path:
         os.chmod(path, config.milter.socket_mode)
+    if os.geteuid() == 0:
+        drop_privileges(config.milter.user, path)
     DAEMON_LOG.info("listening on %s", spec)
     if config.metrics.listen:
         try:

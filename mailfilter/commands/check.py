@@ -1,0 +1,385 @@
+"""`mailfilter check`: the operator's self-test of a host, one OK, WARN or FAIL line per check.
+
+The scanners are tested on the path mail takes: one probe message, with the
+GTUBE line and an EICAR attachment built here at run time, goes through
+pipeline.scan. The parsers of Postfix and clamd values, the signature date and
+the comparisons of limits are pure functions; the I/O around them is thin.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import pwd
+import re
+import socket
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from email.message import EmailMessage
+from typing import Any
+
+import click
+
+from .. import pipeline
+from ..config import ClamdConfig, Config, SpamdConfig
+from ..message import printable
+from ..model import Cause, ScanFailure, SpamOutcome, SpamReport, SpamSkipped, VirusOutcome
+from ..spool import Spool
+
+GTUBE = "XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X"
+POSTCONF = "/usr/sbin/postconf"
+POSTFIX_PARAMETERS = ("message_size_limit", "milter_content_timeout", "command_time_limit")
+STREAM_MAX_DEFAULT = 100 * 1024 * 1024  # clamd.conf(5) and clamconf of ClamAV 1.4: "Default: 100M" (Debian writes 25M)
+STALE = timedelta(days=3)
+SIZE_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3}
+TIME_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+class Status(enum.StrEnum):
+    OK = "OK"  # as it should be
+    WARN = "WARN"  # works, but look at it
+    FAIL = "FAIL"  # mail cannot be filtered as configured
+
+
+@dataclass(frozen=True)
+class Line:
+    """The result of one check: what was looked at, what was found and, for a problem, what to do."""
+
+    status: Status
+    subject: str
+    text: str
+    fix: str = ""
+
+    def render(self) -> str:
+        fix = f"; fix: {self.fix}" if self.fix else ""
+        return f"{self.status:<6}{self.subject}: {printable(self.text + fix, 1000)}"
+
+
+# --- pure: the probe, parsers, judgements --------------------------------------------------------
+
+
+def eicar() -> bytes:
+    """The 68-byte EICAR anti-virus test file, put together from reversed pieces so that no file holds it."""
+    pieces = ["*H+H$!ELIF-TSET", "-SURIVITNA-DRADNATS-RACIE$}7)CC7)^P(45XZP\\4[PA@%P!O5X"]
+    return "".join(p[::-1] for p in reversed(pieces)).encode("ascii")
+
+
+def probe() -> bytes:
+    """A message that spamd must score as spam (GTUBE) and ClamAV must find a virus in (EICAR)."""
+    msg = EmailMessage()
+    msg["From"] = "mailfilter-check@localhost"
+    msg["To"] = "postmaster@localhost"
+    msg["Subject"] = "mailfilter check: GTUBE and EICAR test patterns"
+    msg.set_content(f"The generic test for unsolicited bulk email:\n\n{GTUBE}\n")
+    msg.add_attachment(eicar(), maintype="application", subtype="octet-stream", filename="eicar.com")
+    return msg.as_bytes()
+
+
+def _failure_fix(failure: ScanFailure, section: str, unavailable: str) -> str:
+    return {
+        Cause.UNAVAILABLE: unavailable,
+        Cause.TIMEOUT: f"see why it is slow (its log, the load) or raise [{section}] timeout",
+        Cause.ERROR: "read its log",
+        Cause.TOO_LARGE: "raise its size limit",
+    }[failure.cause]
+
+
+def spam_line(outcome: SpamOutcome, config: SpamdConfig) -> Line:
+    """spamd's verdict on the probe: only a spam score is OK."""
+    where = config.socket or f"{config.host}:{config.port}"
+    if isinstance(outcome, SpamReport):
+        text = f"{where} scored GTUBE {outcome.score:g}/{outcome.threshold:g}"
+        if outcome.is_spam:
+            return Line(Status.OK, "spamd", f"{text}, spam")
+        return Line(Status.FAIL, "spamd", f"{text}, not spam", "check SpamAssassin's rules and required_score")
+    if isinstance(outcome, SpamSkipped):
+        return Line(Status.FAIL, "spamd", f"not asked: {outcome.reason}", "raise [spamd] max_size")
+    fix = _failure_fix(outcome, "spamd", "start spamd, or correct [spamd] host, port or socket")
+    return Line(Status.FAIL, "spamd", f"{where}: {outcome.cause}: {outcome.text}", fix)
+
+
+def virus_line(outcome: VirusOutcome, config: ClamdConfig) -> Line:
+    """ClamAV's verdict on the probe: only EICAR found is OK."""
+    if config.backend == "clamscan":
+        subject, where, unavailable = "clamscan", config.clamscan[0], "install ClamAV, or correct [clamd] clamscan"
+    else:
+        where = f"{config.host}:{config.port}" if config.host else config.socket
+        subject, unavailable = "clamd", "start clamd (clamav-daemon), or correct [clamd] socket, host or port"
+    if isinstance(outcome, ScanFailure):
+        return Line(Status.FAIL, subject, f"{where}: {outcome.cause}: {outcome.text}", _failure_fix(outcome, "clamd", unavailable))
+    if not outcome.infected:
+        return Line(Status.FAIL, subject, f"{where} did not find EICAR", "check ClamAV's signature database (freshclam)")
+    return Line(Status.OK, subject, f"{where} found EICAR: {', '.join(outcome.names)}")
+
+
+def signature_date(answer: str) -> datetime | None:
+    """The database date in a version line such as `ClamAV 1.4.6/27460/Wed Nov 25 08:22:05 2026`, if it has one."""
+    parts = answer.split("/", 2)
+    if len(parts) < 3:
+        return None
+    try:
+        return datetime.strptime(" ".join(parts[2].split()), "%a %b %d %H:%M:%S %Y")
+    except ValueError:
+        return None
+
+
+def signature_line(answer: str, now: datetime) -> Line:
+    """WARN when the signatures are older than STALE, or when ClamAV does not say how old they are."""
+    fix = "check that freshclam runs (systemctl status clamav-freshclam)"
+    date = signature_date(answer)
+    if date is None:
+        return Line(Status.WARN, "signatures", f"age unknown: ClamAV answers {answer!r}", fix)
+    text = f"{answer}, {(now - date) / timedelta(days=1):.1f} days old"
+    if now - date > STALE:
+        return Line(Status.WARN, "signatures", f"{text}, more than {STALE.days}", fix)
+    return Line(Status.OK, "signatures", text)
+
+
+def user_line(uid: int) -> Line:
+    """Who runs the check: the folder checks are only true for this user."""
+    try:
+        name = pwd.getpwuid(uid).pw_name
+    except KeyError:
+        name = str(uid)
+    if uid == 0:
+        text = "root: the folders below are writable for root, which says nothing of the filter's user; folders created now belong to root"
+        return Line(Status.WARN, "user", text, "run the check as the filter's user: sudo -u mailfilter mailfilter check")
+    return Line(Status.OK, "user", f"{name} (uid {uid})")
+
+
+def parse_clamd_size(text: str) -> int:
+    """A clamd.conf size in bytes: `26214400`, `512K`, `25M`, `2G` (either case)."""
+    m = re.fullmatch(r"(\d+)([kKmMgG]?)", text.strip())
+    if not m:
+        raise ValueError(f"not a clamd size: {text!r}")
+    return int(m.group(1)) * SIZE_UNITS[m.group(2).upper()]
+
+
+def stream_max_length(conf: str) -> int:
+    """StreamMaxLength in bytes from the text of clamd.conf: the first setting wins (as clamd reads it), else the default."""
+    for line in conf.splitlines():
+        words = line.split(None, 1)
+        if len(words) == 2 and words[0] == "StreamMaxLength":
+            return parse_clamd_size(words[1])
+    return STREAM_MAX_DEFAULT
+
+
+def parse_postfix_time(text: str) -> int:
+    """A Postfix time value in seconds: `300s`, `5m`, `1h`, `1d`, `1w`, or a bare number of seconds."""
+    m = re.fullmatch(r"(\d+)([smhdw]?)", text.strip())
+    if not m:
+        raise ValueError(f"not a Postfix time value: {text!r}")
+    return int(m.group(1)) * TIME_UNITS[m.group(2) or "s"]
+
+
+@dataclass(frozen=True)
+class PostfixLimits:
+    """The Postfix settings that the filter's own limits must fit in."""
+
+    message_size_limit: int  # bytes; 0 is no limit
+    milter_content_timeout: int  # seconds
+    command_time_limit: int  # seconds
+
+    @classmethod
+    def parse(cls, values: Mapping[str, str]) -> PostfixLimits:
+        """From postconf's values of POSTFIX_PARAMETERS; ValueError names a bad one."""
+        size = values["message_size_limit"].strip()
+        if not size.isdigit():
+            raise ValueError(f"not a message_size_limit: {size!r}")
+        return cls(int(size), parse_postfix_time(values["milter_content_timeout"]), parse_postfix_time(values["command_time_limit"]))
+
+
+def milter_deadline(config: Config) -> float:
+    """How long the milter may wait for a verdict: the scanners run at once, each bounded by its timeout plus a grace."""
+    return max(config.spamd.timeout, config.clamd.timeout) + pipeline.BACKSTOP
+
+
+def _limit(subject: str, ok: bool, left: str, relation: tuple[str, str], right: str, problem: str, fix: str) -> Line:
+    """LEFT relation RIGHT: relation[0] when OK, relation[1] (with the problem and the fix) when not."""
+    if ok:
+        return Line(Status.OK, subject, f"{left} {relation[0]} {right}")
+    return Line(Status.WARN, subject, f"{left} {relation[1]} {right}: {problem}", fix)
+
+
+def coherence(postfix: PostfixLimits, stream_max: int | None, config: Config) -> list[Line]:
+    """Compare Postfix's limits with clamd's StreamMaxLength (None: unknown) and the filter's own."""
+    size = postfix.message_size_limit
+    size_text = f"Postfix message_size_limit {size}" + ("" if size else " (no limit)")
+    fits, below = ("<=", ">"), ("<", ">=")
+    lines = []
+    if stream_max is not None:
+        problem = "clamd refuses the larger mail Postfix takes, and that mail stays deferred"
+        fix = f"lower message_size_limit or raise StreamMaxLength in {config.clamd.config_file}"
+        lines.append(_limit("clamd size", 0 < size <= stream_max, size_text, fits, f"clamd StreamMaxLength {stream_max}", problem, fix))
+    max_size = config.milter.max_size
+    problem = "the milter refuses (552) mail that Postfix takes"
+    fix = "make [milter] max_size at least message_size_limit (only matters with the milter)"
+    lines.append(_limit("milter size", 0 < size <= max_size, size_text, fits, f"[milter] max_size {max_size}", problem, fix))
+    deadline, timeout = milter_deadline(config), postfix.milter_content_timeout
+    lines.append(
+        _limit(
+            "milter time",
+            deadline < timeout,
+            f"milter deadline {deadline:g} s (slower scanner timeout + {pipeline.BACKSTOP:g} s)",
+            below,
+            f"Postfix milter_content_timeout {timeout} s",
+            "Postfix may give up first and apply milter_default_action",
+            "lower [spamd]/[clamd] timeout or raise milter_content_timeout",
+        )
+    )
+    deadline, limit = config.pipe.deadline, postfix.command_time_limit
+    lines.append(
+        _limit(
+            "pipe time",
+            deadline < limit,
+            f"[pipe] deadline {deadline:g} s",
+            below,
+            f"Postfix command_time_limit {limit} s",
+            "Postfix may kill the filter before it defers cleanly",
+            "lower [pipe] deadline or raise command_time_limit",
+        )
+    )
+    return lines
+
+
+# --- thin I/O ------------------------------------------------------------------------------------
+
+
+def clamav_version(config: ClamdConfig) -> str:
+    """ClamAV's version line: clamd's answer to VERSION, or `clamscan --version` for the clamscan backend."""
+    if config.backend == "clamscan":
+        argv = [*config.clamscan, "--version"]
+        return subprocess.run(argv, capture_output=True, text=True, timeout=config.timeout, check=True).stdout.strip()
+    if config.host:
+        sock = socket.create_connection((config.host, config.port), timeout=config.timeout)
+    else:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(config.timeout)
+    with sock:
+        if not config.host:
+            sock.connect(config.socket)
+        sock.sendall(b"zVERSION\0")
+        answer = b""
+        while chunk := sock.recv(4096):
+            answer += chunk
+    return answer.rstrip(b"\0").decode("ascii", "replace").strip()
+
+
+def scanner_lines(config: Config, now: datetime) -> Iterator[Line]:
+    """The probe through the pipeline (spamd and ClamAV at once), then the age of ClamAV's signatures."""
+    with Spool.of(probe()) as spool:
+        results = pipeline.scan(spool, config)
+    yield spam_line(results.spam, config.spamd)
+    yield virus_line(results.virus, config.clamd)
+    if isinstance(results.virus, ScanFailure):
+        return  # its FAIL line says why; the version would not answer either
+    try:
+        answer = clamav_version(config.clamd)
+    except (OSError, subprocess.SubprocessError) as exc:
+        yield Line(Status.WARN, "signatures", f"age unknown: cannot ask ClamAV its version: {exc}", "read ClamAV's log")
+        return
+    yield signature_line(answer, now)
+
+
+def _reason(exc: Exception) -> str:
+    return exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+
+
+def folder_line(subject: str, path: str) -> Line:
+    """Create PATH if missing (0700, as the filter does), then write and remove a hidden file in it."""
+    try:
+        os.makedirs(path, mode=0o700, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".mailfilter-check-") as fh:
+            fh.write(b"mailfilter check\n")
+            fh.flush()
+    except FileExistsError:
+        reason = "exists but is not a folder"
+    except OSError as exc:
+        reason = _reason(exc)
+    else:
+        return Line(Status.OK, subject, f"{path} is writable")
+    fix = f"make it a folder the filter's user can write: install -d -o mailfilter -m 0700 {path}"
+    return Line(Status.FAIL, subject, f"{path}: {reason}", fix)
+
+
+def sendmail_line(argv: tuple[str, ...]) -> Line:
+    path = argv[0]
+    if not os.path.isfile(path):
+        return Line(Status.FAIL, "sendmail", f"{path} does not exist", "install Postfix, or correct [delivery] sendmail")
+    if not os.access(path, os.X_OK):
+        return Line(Status.FAIL, "sendmail", f"{path} is not executable", "correct [delivery] sendmail")
+    return Line(Status.OK, "sendmail", f"{path} is executable")
+
+
+def postconf(environ: Mapping[str, str], command: str = POSTCONF) -> dict[str, str]:
+    """POSTFIX_PARAMETERS as `postconf -hx` prints them, from $MAIL_CONFIG when set; ValueError when it cannot tell."""
+    where = ["-c", environ["MAIL_CONFIG"]] if environ.get("MAIL_CONFIG") else []
+    try:
+        proc = subprocess.run([command, *where, "-hx", *POSTFIX_PARAMETERS], capture_output=True, text=True, timeout=30, check=False)
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise ValueError(f"cannot run {command}: {_reason(exc)}") from None
+    values = proc.stdout.splitlines()
+    if proc.returncode != 0 or len(values) != len(POSTFIX_PARAMETERS):
+        said = proc.stderr.strip().splitlines()
+        raise ValueError(said[-1] if said else f"{command}: exit status {proc.returncode}")
+    return dict(zip(POSTFIX_PARAMETERS, values, strict=True))
+
+
+def limit_lines(config: Config, environ: Mapping[str, str], command: str = POSTCONF) -> Iterator[Line]:
+    """Postfix's limits (through postconf) against clamd's StreamMaxLength and the filter's own."""
+    try:
+        postfix = PostfixLimits.parse(postconf(environ, command))
+    except ValueError as exc:
+        yield Line(Status.WARN, "postfix", f"limits not checked: {exc}", "install Postfix, or set MAIL_CONFIG to its config folder")
+        return
+    stream_max = None
+    path = config.clamd.config_file
+    if config.clamd.backend == "clamd" and path:
+        try:
+            with open(path, encoding="utf-8", errors="replace") as fh:
+                stream_max = stream_max_length(fh.read())
+        except (OSError, ValueError) as exc:
+            fix = "set [clamd] config_file to clamd's config ('' when clamd runs on another host)"
+            yield Line(Status.WARN, "clamd size", f"StreamMaxLength not checked: {path}: {_reason(exc)}", fix)
+    yield from coherence(postfix, stream_max, config)
+
+
+def checks(config: Config, environ: Mapping[str, str], now: datetime) -> Iterator[Line]:
+    """Every check after the config's, in order; each line as soon as it is known."""
+    yield user_line(os.geteuid())
+    yield from scanner_lines(config, now)
+    yield folder_line("quarantine", config.quarantine.dir)
+    yield folder_line("state", config.report.state_dir)
+    if config.report.journal_dir:
+        yield folder_line("journal", config.report.journal_dir)
+    yield sendmail_line(config.delivery.sendmail)
+    yield from limit_lines(config, environ)
+
+
+@click.command()
+@click.pass_obj
+def check(obj: Any) -> None:
+    """Self-test: config, spamd, ClamAV and its signatures, folders, sendmail, limits against Postfix's.
+
+    One line per check: OK; WARN (it works, but look at it); FAIL (mail cannot be filtered as
+    configured), each problem with what to do. spamd must score GTUBE as spam and ClamAV find
+    EICAR, through the code that scans mail. Postfix's values come from postconf ($MAIL_CONFIG
+    when set). Run it as the filter's user.
+
+    Exit status: 0 when every line is OK or WARN, 1 when any line is FAIL.
+    """
+    try:
+        config = obj.load()
+    except click.ClickException as exc:
+        click.echo(Line(Status.FAIL, "config", exc.format_message(), "correct it; `mailfilter config --defaults` lists every key").render())
+        sys.exit(1)
+    click.echo(Line(Status.OK, "config", config.source).render())
+    failed = False
+    for line in checks(config, os.environ, datetime.now()):
+        click.echo(line.render())
+        failed = failed or line.status is Status.FAIL
+    sys.exit(1 if failed else 0)
