@@ -13,7 +13,7 @@ import os
 import pwd
 import re
 import socket
-import subprocess
+import subprocess  # nosec B404
 import sys
 import tempfile
 from collections.abc import Iterator, Mapping
@@ -253,7 +253,8 @@ def clamav_version(config: ClamdConfig) -> str:
     """ClamAV's version line: clamd's answer to VERSION, or `clamscan --version` for the clamscan backend."""
     if config.backend == "clamscan":
         argv = [*config.clamscan, "--version"]
-        return subprocess.run(argv, capture_output=True, text=True, timeout=config.timeout, check=True).stdout.strip()
+        # argv: the configured clamscan and --version. No shell.
+        return subprocess.run(argv, capture_output=True, text=True, timeout=config.timeout, check=True).stdout.strip()  # noqa: S603  # nosec B603
     if config.host:
         sock = socket.create_connection((config.host, config.port), timeout=config.timeout)
     else:
@@ -319,7 +320,9 @@ def postconf(environ: Mapping[str, str], command: str = POSTCONF) -> dict[str, s
     """POSTFIX_PARAMETERS as `postconf -hx` prints them, from $MAIL_CONFIG when set; ValueError when it cannot tell."""
     where = ["-c", environ["MAIL_CONFIG"]] if environ.get("MAIL_CONFIG") else []
     try:
-        proc = subprocess.run([command, *where, "-hx", *POSTFIX_PARAMETERS], capture_output=True, text=True, timeout=30, check=False)
+        # argv: the fixed postconf path, an optional -c MAIL_CONFIG and parameter names. No shell.
+        argv = [command, *where, "-hx", *POSTFIX_PARAMETERS]
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)  # noqa: S603  # nosec B603
     except (OSError, subprocess.SubprocessError) as exc:
         raise ValueError(f"cannot run {command}: {_reason(exc)}") from None
     values = proc.stdout.splitlines()
