@@ -206,3 +206,12 @@ def test_metrics_endpoint_counts_what_went_through(wiring):
     }
     assert counts == {("clean", "deliver"): 2, ("spam", "deliver"): 1, ("virus", "reject"): 1}
     assert "mailfilter_in_flight 0.0" in text and 'mailfilter_scan_duration_seconds_count{scanner="clamav"} 4.0' in text
+
+
+def test_oversized_message_is_refused_552_while_it_arrives(wiring):
+    postfix, milter = wiring(max_size=100_000)
+    code, text = postfix.send(corpus.with_attachment(b"z" * 300_000, "big.bin"), SENDER, [RECIPIENT])
+    assert code == 552 and text.startswith("5.3.4 message larger than 100000 bytes cannot be scanned")
+    assert postfix.send(corpus.clean(), SENDER, [RECIPIENT])[0] == 250  # the next message on a new connection is fine
+    [delivery] = postfix.sink.wait(1)
+    assert b"big.bin" not in delivery.data and "action=reject, size=>100000" in milter.log()

@@ -172,7 +172,7 @@ class MailfilterMilter(Milter.Base):
         if message.OWN_FIELD.match(key):
             self.own_fields.append((raw_name.decode("ascii", "replace"), self.field_counts[key]))
         self.spool_write(raw_name + b": " + value.replace(b"\n", b"\r\n").replace(b"\r\r\n", b"\r\n") + b"\r\n")
-        return Milter.CONTINUE
+        return self.refuse_too_big() if self.too_big else Milter.CONTINUE
 
     def eoh(self) -> int:
         self.spool_write(b"\r\n")
@@ -180,7 +180,7 @@ class MailfilterMilter(Milter.Base):
 
     def body(self, chunk: bytes) -> int:
         self.spool_write(chunk)
-        return Milter.CONTINUE
+        return self.refuse_too_big() if self.too_big else Milter.CONTINUE
 
     def eom(self) -> int:
         self._queue_id()
@@ -189,17 +189,23 @@ class MailfilterMilter(Milter.Base):
             raise RuntimeError("end of message without a message")
         envelope = Envelope(self.sender, tuple(self.recipients), QUEUE_ID.get())
         try:
-            if self.too_big:
-                limit, delay = self.config.milter.max_size, time.monotonic() - self.started
-                entry = journal.event("milter", envelope, None, None, "reject", spool.size, delay, datetime.now(UTC))
-                metrics.account(entry, self.config, LOG, self.tally)
-                LOG.info("%s", log.summary(envelope, None, None, delay, action="reject", size=f">{limit}"))
-                self.setreply("552", "5.3.4", f"message larger than {limit} bytes cannot be scanned")
-                return Milter.REJECT
             outcome = pipeline.run(spool, self.config)
             return self.act(envelope, spool, outcome)
         finally:
             self.end_message()
+
+    def refuse_too_big(self) -> int:
+        """Over [milter] max_size: refuse now (552 5.3.4), so Postfix sends no more of it."""
+        limit, delay = self.config.milter.max_size, time.monotonic() - self.started
+        envelope = Envelope(self.sender, tuple(self.recipients), QUEUE_ID.get())
+        size = self.spool.size if self.spool else 0
+        metrics.account(
+            journal.event("milter", envelope, None, None, "reject", size, delay, datetime.now(UTC)), self.config, LOG, self.tally
+        )
+        LOG.info("%s", log.summary(envelope, None, None, delay, action="reject", size=f">{limit}"))
+        self.end_message()
+        self.setreply("552", "5.3.4", f"message larger than {limit} bytes cannot be scanned")
+        return Milter.REJECT
 
     def abort(self) -> int:
         self.end_message()
