@@ -17,17 +17,21 @@ HEAD_LIMIT = 256 * 1024
 # Fields a scanner adds. Any copy that arrives with the message is spoofed.
 OWN_FIELD = re.compile(rb"^x-(spam|virus)-[!-9;-~]*$", re.IGNORECASE)
 _FIELD_NAME = re.compile(rb"^([!-9;-~]+)[ \t]*:")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+# C0, DEL and C1 controls, line/paragraph separators, bidi controls (which reorder a terminal
+# line), and lone surrogates (undecodable bytes smuggled through argv or surrogateescape).
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u200e\u200f\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
 _ASCII_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
 
 @dataclass(frozen=True)
 class Parsed:
-    """A message split into header fields (each with its folded lines) and the rest."""
+    """A message split the way Postfix reads it: leading mbox "From " lines, header fields
+    (each with its folded lines), and the rest."""
 
     fields: tuple[bytes, ...]
     rest: bytes  # the empty separator line and the body, as received
     eol: bytes
+    envelope_lines: tuple[bytes, ...] = ()  # leading "From " lines (pipe flag F, mbox files)
 
     def field_name(self, raw_field: bytes) -> bytes | None:
         m = _FIELD_NAME.match(raw_field)
@@ -47,39 +51,42 @@ class Parsed:
 def parse(raw: bytes) -> Parsed:
     """Split RAW at the first empty line; fold continuation lines into their field.
 
-    A line in the header that is neither a field nor a continuation (malformed
-    input) ends the header, as it would for most MTAs: the rest is body.
+    Lines end at LF (a CR before it belongs to the line end; any other CR is
+    data), as Postfix reads them. A line in the header that is neither a field
+    nor a continuation (malformed input) ends the header: the rest is body.
     """
     eol = b"\r\n" if b"\r\n" in raw[:4096] else b"\n"
-    lines = raw.splitlines(keepends=True)
+    lines = raw.split(b"\n")
+    lines = [line + b"\n" for line in lines[:-1]] + ([lines[-1]] if lines[-1] else [])
+    envelope_lines: list[bytes] = []
     fields: list[bytes] = []
     pos = 0
     for line in lines:
-        if line in (b"\n", b"\r\n", b"\r"):
+        if line in (b"\n", b"\r\n"):
             break
-        if line[:1] in (b" ", b"\t") and fields:
+        if line.startswith(b"From ") and not fields:  # only before the first field, as Postfix's sendmail
+            envelope_lines.append(line)
+        elif line[:1] in (b" ", b"\t") and fields:
             fields[-1] += line
-        elif _FIELD_NAME.match(line) or line.startswith(b"From "):
+        elif _FIELD_NAME.match(line):
             fields.append(line)
         else:
             break
         pos += len(line)
-    return Parsed(tuple(fields), raw[pos:], eol)
+    return Parsed(tuple(fields), raw[pos:], eol, tuple(envelope_lines))
 
 
 def rewrite(raw: bytes, add: tuple[tuple[str, str], ...]) -> bytes:
-    """RAW without spoofed X-Spam-*/X-Virus-* fields, with ADD prepended."""
+    """RAW without spoofed X-Spam-*/X-Virus-* fields, with ADD prepended (after any leading "From " lines)."""
     msg = parse(raw)
     kept = [f for f in msg.fields if not _is_own(msg, f)]
-    if kept and not kept[-1].endswith((b"\n", b"\r")):
+    if kept and not kept[-1].endswith(b"\n"):
         kept[-1] += msg.eol  # a header-only message without a final newline
     new = [f"{name}: {header_value(value)}".encode("ascii", "replace") + msg.eol for name, value in add]
-    if kept and kept[0].startswith(b"From "):
-        new.insert(0, kept.pop(0))  # an mbox "From " line stays first
     rest = msg.rest
     if not msg.fields and not rest.startswith((b"\n", b"\r\n")) and rest:
         rest = msg.eol + rest  # no header at all: keep the body a body
-    return b"".join(new + kept) + rest
+    return b"".join([*msg.envelope_lines, *new, *kept]) + rest
 
 
 def _is_own(msg: Parsed, raw_field: bytes) -> bool:
@@ -115,11 +122,12 @@ def decoded(value: bytes) -> str:
         text = value.decode("latin-1")
     if "=?" not in text:
         return text
+    from email.errors import MessageError
     from email.header import decode_header, make_header
 
     try:
         return str(make_header(decode_header(text)))
-    except (ValueError, LookupError, UnicodeError, AssertionError, IndexError):
+    except (MessageError, ValueError, LookupError, UnicodeError, AssertionError, IndexError):
         return text
 
 

@@ -83,3 +83,31 @@ def test_printable_escapes_controls(char):
 
 def test_printable_bounds_length():
     assert len(message.printable("x" * 10000, 100)) == 103
+
+
+# Regressions found by the hostile corpus and the fuzzers (tests/hostile.py, fuzz/).
+
+
+@pytest.mark.parametrize("value", [b"=?utf-8?b?a?=", "=?utf-\u00e9?q?x?=".encode(), b"=?x-unknown?q?=ZZ?="])
+def test_undecodable_encoded_words_stay_as_they_are(value):
+    assert message.decoded(value) == value.decode("utf-8")
+
+
+@pytest.mark.parametrize("char", ["\udcff", "\u202e", "\u2066", "\u200f"])
+def test_printable_escapes_surrogates_and_bidi_controls(char):
+    out = message.printable(f"a{char}b")
+    assert char not in out and out.encode("utf-8")  # encodable: logging and click.echo no longer fail
+
+
+def test_a_bare_cr_does_not_end_a_header_line():
+    # Postfix ends lines at LF only: the spoofed fields below are header fields, and must go.
+    raw = b"Subject: hi\r\r\nX-Spam-Flag: NO\nX-Virus-Status: Clean\n\nbody\n"
+    out = message.rewrite(raw, OURS)
+    assert out.count(b"X-Spam-Flag") == 1 and out.count(b"X-Virus-Status") == 1 and out.endswith(b"\n\nbody\n")
+
+
+def test_leading_from_lines_stay_first_and_a_later_one_ends_the_header():
+    out = message.rewrite(b"From a@b x\nFrom c@d y\nSubject: s\nX-Spam-Flag: NO\n\nb\n", OURS)
+    assert out == b"From a@b x\nFrom c@d y\nX-Spam-Flag: NO\nX-Virus-Status: Clean\nSubject: s\n\nb\n"
+    parsed = message.parse(b"Subject: s\nFrom x@y z\nX-Spam-Flag: NO\n\nb\n")
+    assert parsed.fields == (b"Subject: s\n",) and parsed.rest.startswith(b"From x@y z\n")

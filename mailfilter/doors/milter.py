@@ -259,8 +259,8 @@ class MailfilterMilter(Milter.Base):
             self.addheader(name, message.header_value(value), position)
 
     def send_report(self, envelope: Envelope, spool: Spool, outcome: pipeline.Outcome, quarantine_id: str | None) -> str:
-        ctx = report.context(envelope, spool, outcome.results, outcome.decision, quarantine_id)
         try:
+            ctx = report.context(envelope, spool, outcome.results, outcome.decision, quarantine_id)
             return report.send(ctx, self.config, socket.gethostname(), datetime.now(UTC))
         except Exception as exc:  # noqa: BLE001 - a report never changes the message's fate
             LOG.error("admin report not sent: %s", exc)

@@ -222,8 +222,8 @@ def _report(envelope: Envelope, spool: Spool, outcome, quarantine_id: str | None
     which is already sealed (delivered, durably quarantined, or about to be deferred)."""
     from ..actions import report
 
-    ctx = report.context(envelope, spool, outcome.results, outcome.decision, quarantine_id)
     try:
+        ctx = report.context(envelope, spool, outcome.results, outcome.decision, quarantine_id)
         return report.send(ctx, config, os.uname().nodename, datetime.now(UTC))
     except Exception as exc:  # noqa: BLE001 - see docstring
         logger.error("%s: admin report not sent: %s", envelope.queue_id or "NOQUEUE", exc)
