@@ -86,7 +86,10 @@ def rewrite(raw: bytes, add: tuple[tuple[str, str], ...]) -> bytes:
     rest = msg.rest
     if not msg.fields and not rest.startswith((b"\n", b"\r\n")) and rest:
         rest = msg.eol + rest  # no header at all: keep the body a body
-    return b"".join([*msg.envelope_lines, *new, *kept]) + rest
+    envelope = list(msg.envelope_lines)
+    if envelope and not envelope[-1].endswith(b"\n"):
+        envelope[-1] += msg.eol  # a lone "From " line without a final newline
+    return b"".join([*envelope, *new, *kept]) + rest
 
 
 def _is_own(msg: Parsed, raw_field: bytes) -> bool:
