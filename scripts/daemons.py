@@ -214,6 +214,11 @@ def _spamd_command(run: Path, st: State) -> list[str]:
         "/usr/sbin/spamd",
         "--local",  # no network tests: they time out here
         "--nouser-config",
+        # No Bayes: its database and lock are shared by every spamd running as the same user, a
+        # killed child leaves the lock behind (10 s per scan for everyone), and scores would
+        # depend on what the machine has learnt.
+        "--cf=use_bayes 0",
+        "--cf=bayes_auto_learn 0",
         f"--configpath={SPAMD_RULES}",
         f"--listen={st['spamd_host']}:{st['spamd_port']}",
         f"--allowed-ips={HOST}",

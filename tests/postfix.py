@@ -334,9 +334,10 @@ class PostfixInstance:
             self.wait_for(lambda: not _group_alive(pid), timeout=10, what="the master's process group to die of SIGKILL")
 
     def close(self) -> None:
-        """Stop everything and remove the work folder."""
+        """Stop everything (pipe(8) runs each filter in a session of its own: those too) and remove the work folder."""
         try:
             self.stop()
+            kill_strays(self.work)
         finally:
             self.sink.close()
             shutil.rmtree(self.work, ignore_errors=True)
@@ -386,6 +387,28 @@ class PostfixInstance:
             text = path.read_text(errors="replace") if path.exists() else ""
             out.append(f"--- {path} ---\n" + "\n".join(text.splitlines()[-lines:]) + "\n")
         return "".join(out)
+
+
+def kill_strays(folder: Path, timeout: float = 10.0) -> list[int]:
+    """SIGKILL every process whose working directory is inside FOLDER, wait until they are gone; return their pids."""
+
+    def strays() -> list[int]:
+        pids = []
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit() and entry.name != str(os.getpid()):
+                with contextlib.suppress(OSError):
+                    if Path(os.readlink(entry / "cwd")).is_relative_to(folder):
+                        pids.append(int(entry.name))
+        return pids
+
+    killed = strays()
+    for pid in killed:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + timeout
+    while strays() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return killed
 
 
 def _group_alive(pgid: int) -> bool:

@@ -21,6 +21,7 @@ def _client_classes(pyclamd, deadline: float):
     class Deadlined:
         def __init__(self, sock: socket.socket) -> None:
             self._sock = sock
+            self.received = b""  # everything clamd said: pyclamd cannot tell "OK" from no answer
 
         def _arm(self) -> None:
             left = deadline - time.monotonic()
@@ -34,7 +35,9 @@ def _client_classes(pyclamd, deadline: float):
 
         def recv(self, size: int) -> bytes:
             self._arm()
-            return self._sock.recv(size)
+            data = self._sock.recv(size)
+            self.received += data
+            return data
 
         def close(self) -> None:
             self._sock.close()
@@ -77,6 +80,7 @@ def scan(message: Spool, config: ClamdConfig) -> VirusOutcome:
         else:
             client = unix(config.socket, timeout=config.timeout)
         answer = client.scan_stream(message.stream(), chunk_size=CHUNK)
+        said = client.clamd_socket.received.decode("utf-8", "replace").strip()
     except pyclamd.BufferTooLongError as exc:
         text = f"clamd refused the message ({message.size} bytes): {exc}; raise clamd's StreamMaxLength"
         return ScanFailure(SCANNER_CLAMAV, Cause.TOO_LARGE, text)
@@ -90,13 +94,17 @@ def scan(message: Spool, config: ClamdConfig) -> VirusOutcome:
     finally:
         if client is not None:
             client.close()
-    return interpret(answer)
+    return interpret(answer, said)
 
 
-def interpret(answer: dict | None) -> VirusOutcome:
-    """pyclamd's result: None is clean; ('FOUND', name) infected; ('ERROR', text) is an error, never clean."""
+def interpret(answer: dict | None, said: str) -> VirusOutcome:
+    """pyclamd's result: ('FOUND', name) infected; ('ERROR', text) an error, never clean. pyclamd returns None
+    both for clamd's `stream: OK` and for a connection closed without any answer (clamd killed mid-scan):
+    only an OK that clamd really said is clean."""
     if not answer:
-        return VirusReport()
+        if said.endswith("OK"):
+            return VirusReport()
+        return ScanFailure(SCANNER_CLAMAV, Cause.ERROR, f"clamd closed the connection without an answer ({said[:100]!r})")
     names, errors = [], []
     for status, reason in answer.values():
         (names if status == "FOUND" else errors).append(reason)
