@@ -1,0 +1,305 @@
+"""The benchmark's results: the targets judged, a Markdown table, the JSON of everything, and a PNG chart."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+STARTUP_TARGET_S = 0.080
+PIPE_TARGET_RATIO = 1.3
+CEILING_TARGET_RATIO = 0.95
+PAIR_TARGET_RATIO = 1.0
+RSS_TARGET_MIB = 150
+
+
+def _verdict(ok: bool) -> str:
+    return "PASS" if ok else "MISS"
+
+
+def _figure(stat: dict, unit: str = "", scale: float = 1.0, digits: int = 2) -> str:
+    """`median (min-max)` of a summary."""
+    median, low, high = (stat[k] * scale for k in ("median", "min", "max"))
+    return f"{median:.{digits}f}{unit} ({low:.{digits}f}-{high:.{digits}f})"
+
+
+def targets(results: dict) -> list[dict]:
+    """Every target of the bench issue, judged on the median of the rounds."""
+    rows = []
+    pipe = results["pipe"]["variants"]["mailfilter"]["wall_vs_floor"]
+    rows.append(
+        {
+            "target": f"pipe: wall per message ≤ {PIPE_TARGET_RATIO}x the shell floor",
+            "figure": _figure(pipe, "x"),
+            "ok": pipe["median"] <= PIPE_TARGET_RATIO,
+        }
+    )
+    startup = results["startup"]["startup_s"]
+    rows.append(
+        {
+            "target": f"pipe: start-up (interpreter + every import of a run, wall) < {STARTUP_TARGET_S * 1000:.0f} ms",
+            "figure": _figure(startup, " ms", 1000, 0),
+            "ok": startup["median"] < STARTUP_TARGET_S,
+        }
+    )
+    milter = results["milter"]["summary"]
+    for concurrency, cell in milter.items():
+        ratio = cell["ratios"]["mailfilter_vs_ceiling"]
+        rows.append(
+            {
+                "target": f"milter c={concurrency}: msgs/s ≥ {CEILING_TARGET_RATIO:.0%} of the spamd ceiling",
+                "figure": _figure(ratio, "x"),
+                "ok": ratio["median"] >= CEILING_TARGET_RATIO,
+            }
+        )
+    for concurrency, cell in milter.items():
+        ratio = cell["ratios"]["mailfilter_vs_pair"]
+        rows.append(
+            {
+                "target": f"milter c={concurrency}: msgs/s ≥ {PAIR_TARGET_RATIO:.1f}x spamass-milter + clamav-milter",
+                "figure": _figure(ratio, "x"),
+                "ok": ratio["median"] >= PAIR_TARGET_RATIO,
+            }
+        )
+    for concurrency, cell in milter.items():
+        ratio = cell["ratios"]["p99_mailfilter_vs_pair"]
+        rows.append(
+            {
+                "target": f"milter c={concurrency}: p99 latency no worse than the pair's (ratio ≤ 1)",
+                "figure": _figure(ratio, "x"),
+                "ok": ratio["median"] <= 1.0,
+            }
+        )
+    large = results["large"]
+    rows.append(
+        {
+            "target": f"milter: peak RSS < {RSS_TARGET_MIB} MB with {large['messages']} concurrent {large['bytes'] / 1e6:.0f} MB messages",
+            "figure": f"{large['peak_kib'] / 1024:.0f} MiB",
+            "ok": large["peak_kib"] / 1024 < RSS_TARGET_MIB and large["codes"] == {"250": large["messages"]},
+        }
+    )
+    maxsize = results["maxsize"]
+    shown = "; ".join(f"{m['bytes'] / 1000:.0f} kB → {' + '.join(m['reached']) or 'neither'}" for m in maxsize["messages"])
+    rows.append(
+        {
+            "target": f"over [spamd] max_size ({maxsize['max_size']} B): not to spamd, always to clamd",
+            "figure": shown,
+            "ok": maxsize["passed"],
+        }
+    )
+    for row in rows:
+        row["verdict"] = _verdict(row.pop("ok"))
+    return rows
+
+
+def markdown(results: dict) -> str:
+    """latest.md: the targets, then the figures behind them."""
+    meta = results["meta"]
+    out = [
+        "# mailfilter benchmark",
+        "",
+        f"{meta['date']} · mailfilter {meta['mailfilter']} · mode `{meta['mode']}` · seed {meta['seed']} · "
+        f"{meta['rounds']} rounds · {meta['cpus']} CPUs · "
+        f"load average {meta['loadavg_before']} before, {meta['loadavg_after']} after (each round's in latest.json) · "
+        f"whole run {meta['wall_s']:.0f} s",
+        "",
+        "Each figure: the median of the rounds, with (min-max). Ratios are taken within a round, between runs made",
+        "seconds apart in alternating order on the same machine; a target is judged on the median.",
+        "",
+        "## Targets",
+        "",
+        "| target | measured | verdict |",
+        "|---|---|---|",
+    ]
+    out += [f"| {row['target']} | {row['figure']} | **{row['verdict']}** |" for row in results["targets"]]
+    out += _pipe_section(results) + _startup_section(results) + _milter_section(results) + _notes(results)
+    return "\n".join(out) + "\n"
+
+
+def _pipe_section(results: dict) -> list[str]:
+    pipe = results["pipe"]
+    sample = ", ".join(f"{m['name']} ({m['bytes'] / 1000:.0f} kB)" for m in pipe["sample"])
+    out = [
+        "",
+        "## Pipe path: one process per message",
+        "",
+        f"Sample per round: {sample}.",
+        f"`myfilter-big` loads {results['signatures']['big']:,} signatures, `myfilter` {results['signatures']['small']}.",
+        "",
+        "| variant | wall / message | x floor | filter CPU / message | + spamd & clamd CPU | total CPU x floor |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, v in pipe["variants"].items():
+        out.append(
+            f"| {name} | {_figure(v['wall_s'], ' ms', 1000, 0)} | {_figure(v['wall_vs_floor'], 'x')} | "
+            f"{_figure(v['cpu_s'], ' ms', 1000, 0)} | {_figure(v['daemon_cpu_s'], ' ms', 1000, 0)} | "
+            f"{_figure(v['total_cpu_vs_floor'], 'x')} |"
+        )
+    return out
+
+
+def _startup_section(results: dict) -> list[str]:
+    st = results["startup"]
+    out = [
+        "",
+        "## Start-up of `mailfilter pipe`",
+        "",
+        f"A process importing the {len(st['top_level_modules'])} top-level modules of a real `mailfilter pipe` run: "
+        f"{_figure(st['startup_s'], ' ms', 1000, 0)} wall, {_figure(st['startup_cpu_s'], ' ms', 1000, 0)} CPU; "
+        f"the bare interpreter (`python -c pass`): {_figure(st['interpreter_s'], ' ms', 1000, 0)}. Each round's figure is "
+        f"the fastest of {st['runs_per_round']} runs. Under `-X importtime` the run imported {st['modules']} modules "
+        f"in {st['import_total_us'] / 1000:.0f} ms.",
+        "",
+        "| top-level import | cumulative | | module | self |",
+        "|---|---|---|---|---|",
+    ]
+    for cumulative, own in zip(st["top_cumulative"], st["top_self"], strict=True):
+        out.append(
+            f"| {cumulative['module']} | {cumulative['cumulative_us'] / 1000:.1f} ms | | {own['module']} | {own['self_us'] / 1000:.1f} ms |"
+        )
+    return out
+
+
+def _milter_section(results: dict) -> list[str]:
+    milter = results["milter"]
+    out = [
+        "",
+        "## Milter path: Postfix on loopback",
+        "",
+        f"smtp-source sends `{milter['source_message']['name']}` ({milter['source_message']['bytes'] / 1000:.0f} kB); "
+        f"the smtplib clients send the corpus mix ({milter['mix']}). Messages per batch: "
+        + ", ".join(f"{n} at c={c}" for c, n in milter["counts"].items())
+        + ".",
+        "",
+        "| c | configuration | msgs/s (smtp-source) | msgs/s (mix) | p50 (mix) | p99 (mix) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for concurrency, cell in milter["summary"].items():
+        for name in ("mailfilter", "pair", "none"):
+            row = cell[name]
+            out.append(
+                f"| {concurrency} | {name} | {_figure(row['source_msgs_per_s'], '', 1, 1)} | "
+                f"{_figure(row['client_msgs_per_s'], '', 1, 1)} | {_figure(row['p50_s'], ' ms', 1000, 0)} | "
+                f"{_figure(row['p99_s'], ' ms', 1000, 0)} |"
+            )
+        out.append(f"| {concurrency} | spamd ceiling (spamc) | {_figure(cell['ceiling']['msgs_per_s'], '', 1, 1)} | | | |")
+    out += [
+        "",
+        "CPU per message in the smtp-source batches (medians, ms): where the two cores went.",
+        "",
+        "| c | configuration | filter | Postfix | spamd | clamd | spamc | all |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for concurrency, cell in milter["summary"].items():
+        budgets = {name: cell[name]["source_cpu_s"] for name in ("mailfilter", "pair", "none")}
+        budgets["spamd ceiling"] = cell["ceiling"]["cpu_s"]
+        for name, parts in budgets.items():
+            ms = {part: stat["median"] * 1000 for part, stat in parts.items()}
+            shown = " | ".join(f"{ms[p]:.0f}" if p in ms else "" for p in ("filter", "postfix", "spamd", "clamd", "spamc"))
+            out.append(f"| {concurrency} | {name} | {shown} | {sum(ms.values()):.0f} |")
+    out += [
+        "",
+        "Messages per CPU-second of mailfilter's path (filter + Postfix + spamd + clamd) against the spamc ceiling's and "
+        "the pair's path: what the throughput ratios would be with both cores to ourselves (other work on the machine "
+        "moves CPU time far less than wall time): "
+        + "; ".join(
+            f"c={c}: {_figure(cell['ratios']['cpu_mailfilter_vs_ceiling'], 'x')} the ceiling, "
+            f"{_figure(cell['ratios']['cpu_mailfilter_vs_pair'], 'x')} the pair"
+            for c, cell in milter["summary"].items()
+        )
+        + ".",
+    ]
+    out += [
+        "",
+        "Peak RSS (VmHWM) after all rounds: "
+        + ", ".join(f"{name} {kib / 1024:.0f} MiB" for name, kib in results["peak_rss_kib"].items())
+        + f". A fresh `mailfilter milter`: {results['large']['idle_kib'] / 1024:.0f} MiB idle, "
+        f"{results['large']['peak_kib'] / 1024:.0f} MiB after {results['large']['messages']} concurrent "
+        f"{results['large']['bytes'] / 1e6:.0f} MB messages (replies: {results['large']['codes']}).",
+        "",
+        "spamd scans counted in its log over all rounds (expected: every message up to max_size): "
+        + "; ".join(f"{name} {c['seen']}/{c['expected']}" for name, c in milter["spamd_check"].items())
+        + ".",
+    ]
+    return out
+
+
+def _notes(results: dict) -> list[str]:
+    return ["", "## Method and caveats", "", *(f"- {note}" for note in results["notes"])]
+
+
+def chart(results: dict, path: Path) -> None:
+    """latest.png: pipe wall per message, milter throughput and p99 by concurrency, peak RSS."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 2, figsize=(12, 8.5))
+    meta = results["meta"]
+    fig.suptitle(f"mailfilter {meta['mailfilter']} benchmark - {meta['date']} ({meta['mode']}): medians, bars min-max")
+
+    def errors(stats: list[dict], scale: float = 1.0) -> list[list[float]]:
+        return [[(s["median"] - s["min"]) * scale for s in stats], [(s["max"] - s["median"]) * scale for s in stats]]
+
+    ax = axes[0][0]
+    variants = results["pipe"]["variants"]
+    stats = [v["wall_s"] for v in variants.values()]
+    ax.bar(list(variants), [s["median"] * 1000 for s in stats], yerr=errors(stats, 1000), capsize=4, color="#4c72b0")
+    limit = variants["floor"]["wall_s"]["median"] * 1000 * PIPE_TARGET_RATIO
+    ax.axhline(limit, color="#c44e52", linestyle="--", label=f"target: {PIPE_TARGET_RATIO}x the floor")
+    ax.set_title("pipe path: wall per message")
+    ax.set_ylabel("ms")
+    ax.legend()
+
+    summary = results["milter"]["summary"]
+    levels = list(summary)
+    positions = range(len(levels))
+    ax = axes[0][1]
+    series = {name: [summary[c][name]["source_msgs_per_s"] for c in levels] for name in ("mailfilter", "pair")}
+    series["spamd ceiling (spamc)"] = [summary[c]["ceiling"]["msgs_per_s"] for c in levels]
+    width = 0.25
+    for i, (name, stats) in enumerate(series.items()):
+        ax.bar([p + (i - 1) * width for p in positions], [s["median"] for s in stats], width, yerr=errors(stats), capsize=3, label=name)
+    ax.set_xticks(list(positions), [f"c={c}" for c in levels])
+    alone = ", ".join(f"{summary[c]['none']['source_msgs_per_s']['median']:.0f}" for c in levels)
+    ax.set_title(f"milter path: messages per second (smtp-source)\nPostfix alone: {alone} msgs/s")
+    ax.legend()
+
+    ax = axes[1][0]
+    for i, name in enumerate(("mailfilter", "pair")):
+        stats = [summary[c][name]["p99_s"] for c in levels]
+        ax.bar(
+            [p + (i - 0.5) * width for p in positions],
+            [s["median"] * 1000 for s in stats],
+            width,
+            yerr=errors(stats, 1000),
+            capsize=3,
+            label=name,
+        )
+    ax.set_xticks(list(positions), [f"c={c}" for c in levels])
+    ax.set_title("milter path: p99 latency of the mix")
+    ax.set_ylabel("ms")
+    ax.legend()
+
+    ax = axes[1][1]
+    rss = {name: kib / 1024 for name, kib in results["peak_rss_kib"].items()}
+    rss[f"mailfilter milter, {results['large']['messages']}x{results['large']['bytes'] / 1e6:.0f} MB"] = results["large"]["peak_kib"] / 1024
+    ax.barh(list(rss), list(rss.values()), color="#55a868")
+    ax.axvline(RSS_TARGET_MIB, color="#c44e52", linestyle="--", label=f"target {RSS_TARGET_MIB} MB")
+    ax.set_title("peak RSS of the filter processes (VmHWM)")
+    ax.set_xlabel("MiB")
+    ax.legend()
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def write(results: dict, folder: Path) -> dict[str, Path]:
+    """Write latest.md, latest.json and latest.png into FOLDER; return their paths."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = {"md": folder / "latest.md", "json": folder / "latest.json", "png": folder / "latest.png"}
+    paths["json"].write_text(json.dumps(results, indent=2, sort_keys=False) + "\n")
+    paths["md"].write_text(markdown(results))
+    chart(results, paths["png"])
+    return paths
