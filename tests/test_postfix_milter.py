@@ -7,12 +7,11 @@ SMTP client sees the verdict; the sink sees what was delivered.
 
 import re
 import signal
-import socket
-import socketserver
 import threading
 from email import message_from_bytes
 
 import pytest
+from faults.rigs import HoldingSpamd
 
 import corpus
 import daemons as harness
@@ -131,57 +130,23 @@ def test_odd_messages_pass_without_exception(wiring, raw):
     assert "callback failed" not in milter.log()
 
 
-class SlowSpamd:
-    """A spamd in front of the real one that holds each request DELAY seconds: a message stays in flight."""
-
-    def __init__(self, host, port, delay):
-        self.arrived = threading.Event()
-        outer = self
-
-        class Relay(socketserver.BaseRequestHandler):
-            def handle(self):
-                outer.arrived.set()
-                request = b""
-                self.request.settimeout(30)
-                while chunk := self.request.recv(65536):  # aiospamc half-closes after its request
-                    request += chunk
-                threading.Event().wait(delay)  # the slow scanner: a modelled delay, not a wait for readiness
-                with socket.create_connection((host, port), timeout=30) as upstream:
-                    upstream.sendall(request)
-                    upstream.shutdown(socket.SHUT_WR)
-                    while chunk := upstream.recv(65536):
-                        self.request.sendall(chunk)
-
-        self.server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Relay)
-        self.server.daemon_threads = True
-        self.port = self.server.server_address[1]
-        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
-        self.thread.start()
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
-
-
 def test_sigterm_lets_the_message_in_flight_finish(wiring, daemons):
-    slow = SlowSpamd(daemons["spamd_host"], daemons["spamd_port"], delay=2.0)
-    try:
-        postfix, milter = wiring(spamd_port=slow.port)
+    with HoldingSpamd(daemons["spamd_host"], daemons["spamd_port"]) as held:
+        postfix, milter = wiring(spamd_port=held.port)
         result = {}
         client = threading.Thread(target=lambda: result.update(reply=postfix.send(corpus.clean(), SENDER, [RECIPIENT])))
         client.start()
-        assert slow.arrived.wait(30), "the message never reached spamd"
+        assert held.arrived.wait(30), "the message never reached spamd"
         milter.proc.send_signal(signal.SIGTERM)  # while the message is being scanned
         milter.expect(b"STOPPING=1")
+        held.release()  # the scan finishes only now, after the stop began
         client.join(60)
         assert milter.proc.wait(timeout=60) == 0
-    finally:
-        slow.close()
     assert result["reply"][0] == 250, result  # finished: neither cut off nor accepted unscanned
     [delivery] = postfix.sink.wait(1)
     assert message_from_bytes(delivery.data)["X-Virus-Status"] == "Clean"
     log = milter.log()
-    assert "verdict=clean" in log and "still in flight" not in log
+    assert "stopping: 1 message(s) in flight" in log and "verdict=clean" in log and "still in flight" not in log
 
 
 def test_metrics_endpoint_counts_what_went_through(wiring):
