@@ -1,4 +1,4 @@
-"""The click CLI: `mailfilter scan`, `mailfilter milter`, `mailfilter config`, and help for `mailfilter pipe`.
+"""The click CLI: `mailfilter scan`, `mailfilter milter`, `mailfilter worker`, `mailfilter config`, and help for `mailfilter pipe`.
 
 `pipe` itself never runs through click (see entry.py); its command here only
 documents it, so `mailfilter --help` lists every door.
@@ -95,6 +95,31 @@ def milter(obj: Context, socket_spec: str | None) -> None:
     try:
         status = door.serve(config, socket_spec)
     except door.ServeError as exc:
+        raise click.ClickException(str(exc)) from None
+    sys.exit(status)
+
+
+@cli.command()
+@click.option("--socket", "socket_path", metavar="PATH", help="unix socket to listen on (default: [pipe] worker).")
+@click.pass_obj
+def worker(obj: Context, socket_path: str | None) -> None:
+    """Keep the pipeline loaded for `mailfilter pipe` (faster pipe(8) filtering).
+
+    \b
+    Each `mailfilter pipe` process hands its message to the worker over [pipe] worker
+    (/run/mailfilter-pipe/worker.sock) and prints the answer; with no worker listening
+    it filters the message itself. Run it as the user of pipe(8)'s user= and with the
+    same config file (systemd/mailfilter-worker.service). Logs to syslog (facility
+    mail); on SIGTERM it stops accepting and lets messages in flight finish.
+    """
+    from . import log
+    from .doors import worker as door
+
+    config = obj.load()
+    log.configure("mailfilter/worker", config.log, stderr=False)
+    try:
+        status = door.serve(config, socket_path)
+    except door.WorkerError as exc:
         raise click.ClickException(str(exc)) from None
     sys.exit(status)
 

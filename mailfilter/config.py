@@ -15,8 +15,9 @@ from collections.abc import Callable
 from dataclasses import MISSING, dataclass, field, fields
 from typing import Any
 
-ENV_VAR = "MAILFILTER_CONFIG"
-DEFAULT_PATH = "/etc/mailfilter/mailfilter.toml"
+from .paths import CONFIG_ENV as ENV_VAR
+from .paths import CONFIG_PATH as DEFAULT_PATH
+from .paths import WORKER_SOCKET
 
 
 class ConfigError(Exception):
@@ -61,6 +62,10 @@ def _milter_socket(value: Any) -> str | None:
     if value.startswith("unix:/") or (value.startswith("inet:") and "@" in value) or value.startswith("inet6:"):
         return None
     return "must be unix:/PATH or inet:PORT@HOST"
+
+
+def _absolute_or_empty(value: Any) -> str | None:
+    return None if value == "" or os.path.isabs(value) else "must be an absolute path (or '' to turn it off)"
 
 
 def _listen(value: Any) -> str | None:
@@ -135,6 +140,11 @@ class ReportConfig:
 @dataclass(frozen=True)
 class PipeConfig:
     deadline: float = _key(300.0, "seconds one `pipe` run may take before it defers (below Postfix's command_time_limit)", _positive)
+    worker: str = _key(
+        WORKER_SOCKET,
+        "unix socket of `mailfilter worker`; `pipe` hands messages to it when it listens, else filters them itself ('' never tries)",
+        _absolute_or_empty,
+    )
 
 
 @dataclass(frozen=True)

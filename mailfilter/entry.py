@@ -2,7 +2,9 @@
 
 `pipe` is dispatched here, before click is imported: click would answer a usage
 error with exit 2, which pipe(8) bounces, and importing it costs time on every
-message. Everything else goes to the click CLI.
+message. It goes to a running `mailfilter worker` when there is one
+(doors/pipeclient.py), else it is filtered in this process (doors/pipe.py).
+Everything else goes to the click CLI.
 """
 
 from __future__ import annotations
@@ -32,9 +34,16 @@ def main(argv: list[str] | None = None) -> None:
     if _command(argv) == "pipe":
         status = EX_TEMPFAIL
         try:
-            from .doors import pipe
+            from .doors import pipeclient
 
-            status = pipe.main(argv, sys.stdin.buffer, sys.stdout)
+            try:
+                status, line = pipeclient.hand_off(argv, sys.stdin.buffer)
+                if line:
+                    sys.stdout.write(line + "\n")
+            except pipeclient.NoWorker as no_worker:
+                from .doors import pipe
+
+                status = pipe.main(argv, sys.stdin.buffer, sys.stdout, note=str(no_worker))
         except BaseException:  # noqa: BLE001 - last resort: pipe.main already catches everything
             try:
                 sys.stdout.write("4.3.0 mailfilter: internal error, message deferred\n")
@@ -43,9 +52,8 @@ def main(argv: list[str] | None = None) -> None:
         finally:
             try:
                 sys.stdout.flush()
-                import logging
-
-                logging.shutdown()
+                if "logging" in sys.modules:  # not imported at all when a worker did the work
+                    sys.modules["logging"].shutdown()
             except BaseException:  # noqa: BLE001, S110 - flushing is best effort; the exit status must still go out
                 pass
             # os._exit: no interpreter shutdown that could wait on a scanner thread or raise.

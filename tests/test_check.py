@@ -339,6 +339,7 @@ def test_all_well_is_exit_0(tmp_path, good_config, postfix_dir, daemons):
         "state": "OK",
         "journal": "OK",
         "sendmail": "OK",
+        "pipe worker": "OK",
         "clamd size": "OK",
         "milter size": "OK",
         "milter time": "OK",

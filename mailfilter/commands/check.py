@@ -351,6 +351,26 @@ def limit_lines(config: Config, environ: Mapping[str, str], command: str = POSTC
     yield from coherence(postfix, stream_max, config)
 
 
+def worker_line(config: Config, environ: Mapping[str, str]) -> Line:
+    """Whether a `mailfilter worker` takes this config's pipe messages: a real round trip (a --help request)."""
+    import io
+
+    from ..doors import pipeclient
+
+    if not config.pipe.worker:
+        return Line(Status.OK, "pipe worker", "not used ([pipe] worker = '')")
+    argv = ([] if config.source == "(defaults)" else ["--config", config.source]) + ["pipe", "--help"]
+    try:
+        status, text = pipeclient.hand_off(argv, io.BytesIO(b""), environ)
+    except pipeclient.NoWorker as exc:
+        if not str(exc):
+            return Line(Status.OK, "pipe worker", f"none on {config.pipe.worker}: each `mailfilter pipe` filters its message itself")
+        return Line(Status.WARN, "pipe worker", str(exc), "run `mailfilter worker` as pipe(8)'s user, with this config and MAIL_CONFIG")
+    if status != 0 or not (text or "").startswith("usage: "):
+        return Line(Status.FAIL, "pipe worker", f"{config.pipe.worker} answers {status}: {text}", "restart it; read its log")
+    return Line(Status.OK, "pipe worker", f"answers on {config.pipe.worker}")
+
+
 def checks(config: Config, environ: Mapping[str, str], now: datetime) -> Iterator[Line]:
     """Every check after the config's, in order; each line as soon as it is known."""
     yield user_line(os.geteuid())
@@ -360,6 +380,7 @@ def checks(config: Config, environ: Mapping[str, str], now: datetime) -> Iterato
     if config.report.journal_dir:
         yield folder_line("journal", config.report.journal_dir)
     yield sendmail_line(config.delivery.sendmail)
+    yield worker_line(config, environ)
     yield from limit_lines(config, environ)
 
 

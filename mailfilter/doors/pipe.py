@@ -14,7 +14,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import BinaryIO, TextIO
@@ -44,6 +44,11 @@ class UsageError(Exception):
 
 class HelpRequested(Exception):
     pass
+
+
+class ClientGone(Exception):
+    """(In the worker) the pipe client hung up before the verdict was applied: it has deferred the
+    message already, or died, and Postfix keeps it and retries. Nothing may be delivered for it."""
 
 
 class DeadlineExceeded(BaseException):
@@ -116,6 +121,8 @@ def _failure_dsn(exc: BaseException, deadline: float) -> tuple[Dsn, bool]:
         return dsn((4, 3, 0), f"reinjection failed: {exc}"), False
     if isinstance(exc, QuarantineError):
         return dsn((4, 3, 0), f"quarantine failed: {exc}"), False
+    if isinstance(exc, ClientGone):
+        return dsn((4, 3, 0), str(exc) or "the pipe client hung up before the verdict was applied; nothing delivered"), False
     if isinstance(exc, DeadlineExceeded):
         return dsn((4, 3, 0), f"filter deadline of {deadline:g} s exceeded, message deferred"), False
     return dsn((4, 3, 0), f"internal error ({type(exc).__name__}), message deferred"), True
@@ -133,46 +140,22 @@ def _disarm() -> None:
     signal.setitimer(signal.ITIMER_REAL, 0)
 
 
-def main(argv: list[str], stdin: BinaryIO, stdout: TextIO, environ: Mapping[str, str] | None = None) -> int:
-    """Run the pipe door; return 0, 69 or 75, whatever happens inside."""
+def main(argv: list[str], stdin: BinaryIO, stdout: TextIO, environ: Mapping[str, str] | None = None, note: str = "") -> int:
+    """Run the pipe door in this process; return 0, 69 or 75, whatever happens inside.
+
+    NOTE says why no worker took the message (logged as a warning when not empty).
+    """
     started = time.monotonic()
-    environ = os.environ if environ is None else environ
-    deadline = DEFAULT_DEADLINE
-    logger = logging.getLogger("mailfilter")
-    queue_id = "NOQUEUE"
     try:
-        _arm(deadline)
+        _arm(DEFAULT_DEADLINE)
         from .. import log
 
         logger = log.configure("mailfilter/pipe", None, stderr=False)
-        args = parse_args(argv)
-        queue_id = args.envelope.queue_id or queue_id
-        from .. import config as configmod
-
-        config = configmod.load(args.config, environ)
-        logger = log.configure("mailfilter/pipe", config.log, stderr=False)
-        deadline = config.pipe.deadline
-        _arm(deadline - (time.monotonic() - started))
-        from ..spool import Spool
-
-        with Spool() as spool:
-            spool.fill(stdin)
-            status, line = filter_message(args.envelope, spool, config, logger, started)
-    except HelpRequested:
-        _disarm()
-        stdout.write(HELP)
-        return EX_OK
-    except BaseException as exc:  # noqa: BLE001 - the one boundary: everything becomes a deferral
-        _disarm()
-        dsn, unexpected = _failure_dsn(exc, deadline)
-        try:
-            if unexpected:
-                logger.error("%s: %s", queue_id, dsn.text, exc_info=exc)
-            else:
-                logger.warning("%s: %s", queue_id, dsn.text)
-        except BaseException:  # noqa: BLE001, S110 - a broken log must not change the exit status
-            pass
-        status, line = EX_TEMPFAIL, dsn.line()
+        if note:
+            logger.warning("%s; filtering in this process", note)
+        status, line = handle(argv, stdin, started, environ=environ)
+    except BaseException as exc:  # noqa: BLE001 - handle() catches everything; this is for a broken log set-up
+        status, line = EX_TEMPFAIL, _failure_dsn(exc, DEFAULT_DEADLINE)[0].line()
     finally:
         _disarm()
     if line:
@@ -184,14 +167,73 @@ def main(argv: list[str], stdin: BinaryIO, stdout: TextIO, environ: Mapping[str,
     return status
 
 
-def filter_message(envelope: Envelope, spool: Spool, config, logger: logging.Logger, started: float) -> tuple[int, str | None]:
-    """Scan, decide, act. Returns the exit status and the status line to print (None on success)."""
+def handle(
+    argv: list[str],
+    stdin: BinaryIO,
+    started: float,
+    config=None,
+    environ: Mapping[str, str] | None = None,
+    still_wanted: Callable[[], bool] | None = None,
+) -> tuple[int, str | None]:
+    """Parse the arguments, filter the message on STDIN, act; return the exit status and the line to print.
+
+    Shared by both halves of `pipe`. In this process (CONFIG None) the config is loaded
+    from the arguments and the SIGALRM deadline is re-armed from [pipe] deadline; the
+    worker passes the config it serves and the client keeps the deadline. Every
+    exception becomes a deferral here.
+    """
+    in_process = config is None
+    deadline = DEFAULT_DEADLINE if config is None else config.pipe.deadline
+    logger = logging.getLogger("mailfilter")
+    queue_id = "NOQUEUE"
+    try:
+        args = parse_args(argv)
+        queue_id = args.envelope.queue_id or queue_id
+        if config is None:
+            from .. import config as configmod
+            from .. import log
+
+            config = configmod.load(args.config, os.environ if environ is None else environ)
+            logger = log.configure("mailfilter/pipe", config.log, stderr=False)
+            deadline = config.pipe.deadline
+            _arm(deadline - (time.monotonic() - started))
+        from ..spool import Spool
+
+        with Spool() as spool:
+            spool.fill(stdin)
+            return filter_message(args.envelope, spool, config, logger, started, still_wanted)
+    except HelpRequested:
+        return EX_OK, HELP.rstrip("\n")
+    except BaseException as exc:  # noqa: BLE001 - the one boundary: everything becomes a deferral
+        if in_process:
+            _disarm()
+        dsn, unexpected = _failure_dsn(exc, deadline)
+        try:
+            if unexpected:
+                logger.error("%s: %s", queue_id, dsn.text, exc_info=exc)
+            else:
+                logger.warning("%s: %s", queue_id, dsn.text)
+        except BaseException:  # noqa: BLE001, S110 - a broken log must not change the exit status
+            pass
+        return EX_TEMPFAIL, dsn.line()
+
+
+def filter_message(
+    envelope: Envelope, spool: Spool, config, logger: logging.Logger, started: float, still_wanted: Callable[[], bool] | None = None
+) -> tuple[int, str | None]:
+    """Scan, decide, act. Returns the exit status and the status line to print (None on success).
+
+    STILL_WANTED (the worker's) says whether the client is still waiting: one that gave up
+    (its deadline) has already deferred the message, so nothing is delivered or stored for it.
+    """
     from .. import journal, message, metrics, pipeline
     from ..actions import quarantine, reinject
     from ..log import summary
     from ..model import Action
 
     outcome = pipeline.run(spool, config)
+    if still_wanted is not None and not still_wanted():
+        raise ClientGone
     decision = outcome.decision
     queue_id = envelope.queue_id or "NOQUEUE"
     for failure in outcome.results.failures:

@@ -1,0 +1,200 @@
+"""The light half of `mailfilter pipe`: hand the message to a running `mailfilter worker`.
+
+pipe(8) starts one process per message. Importing the whole pipeline (asyncio,
+aiospamc, the config model, logging) costs a Python process more CPU than the
+scanners' clients do, on every message. So entry.py tries this module first: it
+imports nothing beyond socket (no json, no tomllib: see settings()), finds
+[pipe] worker and [pipe] deadline, and streams the message to the worker, which
+runs the very same door code (doors/pipe.py) in a process that imported
+everything once.
+
+The protocol, over the worker's unix socket (\\0 separates fields: neither a
+path nor an argument can contain one):
+
+  client  MAILFILTER-PIPE/1 <n>\\n<n bytes: config path \\0 $MAIL_CONFIG \\0 argv[0] \\0 argv[1]...>
+  worker  GO\\n                    or  DECLINE reason\\n
+  client  <n>\\n<n bytes> ... 0\\n   the message in chunks; the 0 chunk ends it
+  worker  <status> <n>\\n<n bytes>   exit status 0, 69 or 75, and the text to print (UTF-8)
+
+NoWorker is raised, and the caller filters the message itself, only while
+nothing of the message has been read: no socket, nobody listening, a worker
+that does not answer the greeting in time, or one that declines (it serves
+another config file, would reinject into another Postfix instance than
+pipe(8)'s $MAIL_CONFIG, runs as another user, or is stopping). From the first byte read on, every
+failure is a deferral (exit 75 with one 4.x.x line): the message is still
+whole in Postfix's queue, and a worker that has gone cannot tell us whether it
+delivered.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+from collections.abc import Mapping
+from typing import BinaryIO
+
+from ..paths import CONFIG_ENV, CONFIG_PATH, WORKER_SOCKET
+
+PROTOCOL = b"MAILFILTER-PIPE/1"
+GREETING_TIMEOUT = 10.0  # a worker that does not say GO or DECLINE by then is passed by
+DEFAULT_DEADLINE = 300.0
+CHUNK = 64 * 1024
+REPLY_LIMIT = 1 << 20
+EX_TEMPFAIL = 75
+_VALUE_OPTIONS = {"-f", "-q", "--queue-id"}  # their values are never read as options here either
+
+
+class NoWorker(Exception):
+    """Filter in this process; the message is untouched. The text says why (empty: no worker configured or listening)."""
+
+
+class Deferred(Exception):
+    """Defer the message with this text (the worker failed after the message started to go)."""
+
+
+class _DeadlineExceeded(BaseException):
+    pass
+
+
+def config_path(argv: list[str], environ: Mapping[str, str]) -> tuple[str, bool]:
+    """The config file `pipe` would load (as config.load resolves it), and whether it was named."""
+    named = None
+    i = 0
+    while i < len(argv) and argv[i] != "--":
+        arg = argv[i]
+        if arg in ("-c", "--config") and i + 1 < len(argv):
+            named = argv[i + 1]
+        elif arg.startswith("--config="):
+            named = arg.split("=", 1)[1]
+        i += 2 if arg in _VALUE_OPTIONS or arg in ("-c", "--config") else 1
+    named = named or environ.get(CONFIG_ENV) or None
+    return os.path.abspath(named or CONFIG_PATH), named is not None
+
+
+def settings(path: str, named: bool) -> tuple[str, float]:
+    """[pipe] worker and [pipe] deadline from the config file.
+
+    Most config files set neither: when neither key's name appears in the file
+    (nor a \\u escape, the one way TOML could spell a key without its letters),
+    the defaults apply and tomllib, which costs more than the rest of this client
+    together, is not imported. A file the full loader would refuse is NoWorker:
+    filtering in this process then reports the error properly.
+    """
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read()
+    except FileNotFoundError:
+        if named:
+            raise NoWorker("") from None
+        data = b""
+    except OSError as exc:
+        raise NoWorker("") from exc
+    if not any(word in data for word in (b"worker", b"deadline", b"\\u", b"\\U")):
+        return WORKER_SOCKET, DEFAULT_DEADLINE
+    import tomllib
+
+    try:
+        table = tomllib.loads(data.decode("utf-8")).get("pipe", {})
+    except ValueError as exc:  # TOMLDecodeError and UnicodeDecodeError
+        raise NoWorker("") from exc
+    worker = table.get("worker", WORKER_SOCKET) if isinstance(table, dict) else None
+    deadline = table.get("deadline", DEFAULT_DEADLINE) if isinstance(table, dict) else None
+    if not isinstance(worker, str) or isinstance(deadline, bool) or not isinstance(deadline, (int, float)) or deadline <= 0:
+        raise NoWorker("")
+    if not worker:
+        raise NoWorker("")
+    return worker, float(deadline)
+
+
+def _greet(sock: socket.socket, argv: list[str], config: str, mail_config: str) -> None:
+    """Send the greeting; return on GO, raise NoWorker otherwise."""
+    fields = b"\0".join(os.fsencode(field) for field in (config, mail_config, *argv))
+    sock.settimeout(GREETING_TIMEOUT)
+    try:
+        sock.sendall(PROTOCOL + b" %d\n" % len(fields) + fields)
+        answer = _line(sock, 1024)
+    except (OSError, ValueError) as exc:
+        raise NoWorker(f"the pipe worker did not answer: {exc}") from None
+    if answer == b"GO":
+        sock.settimeout(None)  # from here on the deadline alone bounds the wait
+        return
+    if answer.startswith(b"DECLINE "):
+        raise NoWorker("the pipe worker declined: " + answer[8:].decode("ascii", "replace"))
+    raise NoWorker(f"the pipe worker answered {answer[:80]!r}")
+
+
+def _line(sock: socket.socket, limit: int) -> bytes:
+    """One LF-terminated line, without the LF, read a byte at a time (nothing after it is consumed);
+    ValueError if the peer closes first or it is too long."""
+    data = bytearray()
+    while len(data) <= limit:
+        byte = sock.recv(1)
+        if not byte:
+            raise ValueError("connection closed")
+        if byte == b"\n":
+            return bytes(data)
+        data += byte
+    raise ValueError("line too long")
+
+
+def _exactly(sock: socket.socket, size: int) -> bytes:
+    data = bytearray()
+    while len(data) < size:
+        more = sock.recv(size - len(data))
+        if not more:
+            raise ValueError("connection closed")
+        data += more
+    return bytes(data)
+
+
+def _send_message(sock: socket.socket, stdin: BinaryIO) -> None:
+    while chunk := stdin.read(CHUNK):
+        sock.sendall(b"%d\n" % len(chunk) + chunk)
+    sock.sendall(b"0\n")
+
+
+def _reply(sock: socket.socket) -> tuple[int, str | None]:
+    status_text, _, size_text = _line(sock, 32).partition(b" ")
+    if status_text not in (b"0", b"69", b"75") or not size_text.isdigit() or int(size_text) > REPLY_LIMIT:
+        raise ValueError(f"unusable reply {status_text + b' ' + size_text!r}")
+    text = _exactly(sock, int(size_text)).decode("utf-8", "replace")
+    return int(status_text), text or None
+
+
+def hand_off(argv: list[str], stdin: BinaryIO, environ: Mapping[str, str] | None = None) -> tuple[int, str | None]:
+    """Have the worker filter the message on STDIN; return pipe's exit status and the text to print.
+
+    Raises NoWorker while the message is untouched; afterwards every failure becomes (75, "4.x.x ...").
+    """
+    environ = os.environ if environ is None else environ
+    path, named = config_path(argv, environ)
+    worker, deadline = settings(path, named)
+
+    def expire(signum: int, frame: object) -> None:
+        raise _DeadlineExceeded
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, deadline)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        try:
+            sock.connect(worker)
+        except (FileNotFoundError, ConnectionRefusedError):
+            raise NoWorker("") from None  # no worker running: the usual case where none is deployed
+        except OSError as exc:
+            raise NoWorker(f"cannot reach the pipe worker at {worker}: {exc.strerror or exc}") from None
+        _greet(sock, argv, path, environ.get("MAIL_CONFIG", ""))
+        try:
+            _send_message(sock, stdin)
+            return _reply(sock)
+        except (OSError, ValueError) as exc:
+            raise Deferred(f"4.3.0 mailfilter: the pipe worker failed ({str(exc) or type(exc).__name__}), message deferred") from None
+    except _DeadlineExceeded:
+        return EX_TEMPFAIL, f"4.3.0 mailfilter: filter deadline of {deadline:g} s exceeded, message deferred"
+    except Deferred as exc:
+        return EX_TEMPFAIL, str(exc)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+        sock.close()

@@ -1,0 +1,291 @@
+"""`mailfilter worker`: the resident half of `mailfilter pipe`.
+
+pipe(8) starts one `mailfilter pipe` process per message; most of such a
+process's CPU would go to importing the pipeline. A running worker imports it
+once: the pipe process (doors/pipeclient.py) only streams the message here over
+a unix socket and prints what comes back. Each message runs, in its own thread,
+the same code as in a pipe process (doors/pipe.py: handle, filter_message), with
+the worker's config: same verdicts, same reinjection, same quarantine, same log
+lines, same exit statuses. Reinjection uses the worker's environment, so it only
+takes clients whose $MAIL_CONFIG (set by pipe(8)) names the Postfix instance its
+own does.
+
+The worker only speeds things up; it is never needed for mail to flow. A pipe
+process that finds no worker, or one that declines (it serves another config
+file or another Postfix instance, the client runs as another user, it is
+stopping), filters the message itself. A worker that fails once it has the message makes the client defer it
+(75): Postfix keeps every message until a filter has finished with it.
+
+Protocol: see doors/pipeclient.py.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import select
+import signal
+import socket
+import stat
+import struct
+import threading
+import time
+from typing import BinaryIO
+
+from ..config import Config
+from ..paths import CONFIG_PATH
+from ..sdnotify import notify
+from . import pipe
+from .pipeclient import PROTOCOL
+
+LOG = logging.getLogger("mailfilter")
+HEADER_LIMIT = 1 << 20  # the greeting carries the recipients; pipe(8) passes at most a few thousand
+BACKLOG = 128
+POSTFIX_CONFIG = "/etc/postfix"  # sendmail's config_directory without $MAIL_CONFIG
+
+
+class WorkerError(Exception):
+    """The worker cannot start."""
+
+
+class _Stop(BaseException):
+    """Raised in the main thread by SIGTERM/SIGINT."""
+
+
+class ChunkReader:
+    """The message as the client streams it (`<n>\\n<n bytes>`... `0\\n`), for Spool.fill.
+
+    A connection that ends or stalls before the 0 chunk is ClientGone, never a
+    shorter message."""
+
+    def __init__(self, stream: BinaryIO) -> None:
+        self._stream = stream
+        self._done = False
+
+    def read(self, size: int = -1) -> bytes:
+        if self._done:
+            return b""
+        try:
+            header = self._stream.readline(24)
+            if not header.endswith(b"\n") or not header[:-1].isdigit():
+                raise pipe.ClientGone("the pipe client's message ended early or was garbled; nothing delivered")
+            length = int(header)
+            if length == 0:
+                self._done = True
+                return b""
+            data = self._stream.read(length)
+        except OSError as exc:
+            raise pipe.ClientGone(f"reading the message from the pipe client failed ({exc}); nothing delivered") from None
+        if len(data) != length:
+            raise pipe.ClientGone("the pipe client's message ended early; nothing delivered")
+        return data
+
+    def drain(self) -> None:
+        """Read the rest (a usage error answers before the message was read): the client
+        sends it all before it reads the reply."""
+        while self.read():
+            pass
+
+
+def still_connected(conn: socket.socket) -> bool:
+    """False once the client has hung up (it sends nothing after the message)."""
+    poller = select.poll()
+    poller.register(conn, select.POLLIN | select.POLLHUP | select.POLLERR)
+    if not poller.poll(0):
+        return True
+    try:
+        return conn.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) != b""
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+
+
+def postfix_instance(mail_config: str) -> str:
+    """The Postfix config directory that sendmail reinjects into with this $MAIL_CONFIG (pipe(8) always sets it)."""
+    return os.path.realpath(mail_config or POSTFIX_CONFIG)
+
+
+def peer_uid(conn: socket.socket) -> int:
+    _pid, uid, _gid = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))
+    return uid
+
+
+class InFlight:
+    """Messages being filtered, so a stop can let them finish."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._cond = threading.Condition()
+
+    def __enter__(self) -> None:
+        with self._cond:
+            self.count += 1
+
+    def __exit__(self, *exc: object) -> None:
+        with self._cond:
+            self.count -= 1
+            self._cond.notify_all()
+
+    def wait_idle(self, timeout: float) -> bool:
+        with self._cond:
+            return self._cond.wait_for(lambda: self.count == 0, timeout)
+
+
+class Worker:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.serves = os.path.realpath(CONFIG_PATH if config.source == "(defaults)" else config.source)
+        self.postfix = postfix_instance(os.environ.get("MAIL_CONFIG", ""))
+        self.in_flight = InFlight()
+        self.stopping = False
+
+    def _greeting(self, stream: BinaryIO) -> tuple[list[str], str, str]:
+        line = stream.readline(64)
+        size = line[len(PROTOCOL) + 1 : -1]
+        if not line.startswith(PROTOCOL + b" ") or not line.endswith(b"\n") or not size.isdigit() or int(size) > HEADER_LIMIT:
+            raise ValueError(f"not a {PROTOCOL.decode()} greeting: {line[:60]!r}")
+        fields = stream.read(int(size))
+        if len(fields) != int(size):
+            raise ValueError("greeting cut short")
+        config, mail_config, *argv = (os.fsdecode(field) for field in fields.split(b"\0"))
+        return argv, config, mail_config
+
+    def _declines(self, conn: socket.socket, config: str, mail_config: str) -> str | None:
+        """Why this client should filter its message itself, or None."""
+        if self.stopping:
+            return "it is stopping"
+        uid = peer_uid(conn)
+        if uid not in (os.geteuid(), 0):
+            return f"it runs as uid {os.geteuid()}, the client as uid {uid}"
+        if os.path.realpath(config) != self.serves:
+            return f"it serves {self.serves}, not {config}"
+        if postfix_instance(mail_config) != self.postfix:
+            return f"it reinjects into the Postfix of {self.postfix}, not MAIL_CONFIG={mail_config}"
+        return None
+
+    def handle(self, conn: socket.socket) -> None:
+        """One client, from greeting to reply. Never raises: a thread's traceback would reach stderr."""
+        started = time.monotonic()
+        with conn, self.in_flight:
+            try:
+                conn.settimeout(self.config.pipe.deadline)
+                stream = conn.makefile("rb")
+                argv, config, mail_config = self._greeting(stream)
+                reason = self._declines(conn, config, mail_config)
+                if reason:
+                    LOG.info("pipe client sent back to filter in its own process: %s", reason)
+                    conn.sendall(b"DECLINE " + reason.encode("ascii", "replace") + b"\n")
+                    return
+                conn.sendall(b"GO\n")
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                LOG.warning("pipe client dropped before its message: %s", exc)
+                return
+            message = ChunkReader(stream)
+            status, line = pipe.handle(argv, message, started, config=self.config, still_wanted=lambda: still_connected(conn))
+            text = (line or "").encode("utf-8", "replace")
+            try:
+                message.drain()
+                conn.sendall(b"%d %d\n" % (status, len(text)) + text)
+            except (OSError, pipe.ClientGone) as exc:
+                LOG.warning("pipe client gone before its reply (exit status %d): %s", status, exc)
+
+    def _handle_guarded(self, conn: socket.socket) -> None:
+        try:
+            self.handle(conn)
+        except BaseException:  # handle() should not raise; a bug must not print to stderr
+            LOG.exception("pipe worker: unexpected failure with one client (the client defers its message)")
+
+    def run(self, listener: socket.socket) -> None:
+        """Accept clients until _Stop is raised (by a signal) or the listener is closed."""
+        while not self.stopping:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                if self.stopping or listener.fileno() == -1:
+                    return
+                raise
+            threading.Thread(target=self._handle_guarded, args=(conn,), name="pipe-client", daemon=True).start()
+
+
+def open_socket(path: str) -> socket.socket:
+    """Listen on PATH, mode 0600 (pipe(8) runs `mailfilter pipe` as the worker's own user).
+
+    A socket file nobody listens on (a worker that was killed) is replaced; one that
+    answers belongs to a running worker, and this one does not start."""
+    folder = os.path.dirname(path)
+    os.makedirs(folder, mode=0o700, exist_ok=True)
+    try:
+        if stat.S_ISSOCK(os.lstat(path).st_mode):
+            probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                probe.connect(path)
+            except OSError:
+                os.unlink(path)  # stale
+            else:
+                raise WorkerError(f"another worker is listening on {path}")
+            finally:
+                probe.close()
+        else:
+            raise WorkerError(f"{path} exists and is not a socket")
+    except FileNotFoundError:
+        pass
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    mask = os.umask(0o177)
+    try:
+        listener.bind(path)
+    except OSError as exc:
+        listener.close()
+        raise WorkerError(f"cannot listen on {path}: {exc.strerror or exc}") from None
+    finally:
+        os.umask(mask)
+    listener.listen(BACKLOG)
+    return listener
+
+
+def preload() -> None:
+    """Import now what messages need, so that no client pays for it."""
+    import aiospamc.client  # noqa: F401
+    import pyclamd  # noqa: F401
+
+    from .. import journal, message, metrics, pipeline  # noqa: F401
+    from ..actions import quarantine, reinject, report  # noqa: F401
+    from ..scanners import clamd, clamscan, spamd  # noqa: F401
+
+
+def serve(config: Config, path: str | None = None) -> int:
+    """Run until SIGTERM/SIGINT, then let messages in flight finish (up to [pipe] deadline)."""
+    path = path or config.pipe.worker
+    if not path:
+        raise WorkerError("no socket: [pipe] worker is '' (set it, or pass --socket)")
+    if os.geteuid() == 0:
+        raise WorkerError("refusing to run as root: run it as the user in pipe(8)'s user= (systemd/mailfilter-worker.service)")
+    preload()
+    worker = Worker(config)
+
+    def stop(signum: int, frame: object) -> None:
+        raise _Stop
+
+    listener = open_socket(path)
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    try:
+        LOG.info("pipe worker listening on %s for %s", path, worker.serves)
+        notify("READY=1")
+        worker.run(listener)
+    except _Stop:
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        worker.stopping = True
+        listener.close()
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+    notify("STOPPING=1")
+    LOG.info("pipe worker stopping: %d message(s) in flight", worker.in_flight.count)
+    if not worker.in_flight.wait_idle(config.pipe.deadline):
+        LOG.warning("pipe worker stopping with %d message(s) in flight: their clients defer them", worker.in_flight.count)
+    return 0

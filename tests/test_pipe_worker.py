@@ -1,0 +1,384 @@
+"""`mailfilter pipe` handing messages to a resident `mailfilter worker` (doors/pipeclient.py, doors/worker.py).
+
+The worker runs in a thread of this process with scripted scanner answers and the
+recording sendmail; the client is the one `mailfilter pipe` runs. What pipe(8)
+relies on does not change with a worker: exit 0, 69 or 75 only, one status line
+on failure, the message byte for byte. And a worker is never needed: when it is
+absent, declines or says nothing, the client filters the message itself; once the
+message has gone, a failure defers it and nothing is delivered for a client that
+gave up.
+"""
+
+from __future__ import annotations
+
+import io
+import socket
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from mailfilter import config as configmod
+from mailfilter import log, pipeline
+from mailfilter.doors import pipeclient
+from mailfilter.doors import worker as workermod
+from mailfilter.model import Cause, ScanFailure, ScanResults, SpamReport, VirusReport
+
+import corpus
+from conftest import DEFAULT_ARGS, ROOT, quarantined
+
+HAM = SpamReport(0.3, 5.0, ("NONE",))
+SPAM = SpamReport(1000.0, 5.0, ("GTUBE",))
+CLEAN = VirusReport()
+EICAR = VirusReport(("Eicar-Test-Signature",), 1)
+CLAM_DOWN = ScanFailure("clamav", Cause.UNAVAILABLE, "Could not reach clamd")
+MAILFILTER = ROOT / ".venv" / "bin" / "mailfilter"
+ENVELOPE = ["alice@example.org", "bob@example.net", "carol@example.net"]
+
+
+@pytest.fixture
+def answers(monkeypatch):
+    """answers(spam, virus, delay=0): what the pipeline's scanners say, after DELAY seconds."""
+
+    def set_answers(spam, virus, delay=0.0):
+        def scan(spool, config):
+            time.sleep(delay)
+            return ScanResults(spam, virus)
+
+        monkeypatch.setattr(pipeline, "scan", scan)
+
+    return set_answers
+
+
+class Running:
+    def __init__(self, config_path: str, worker: workermod.Worker, listener: socket.socket) -> None:
+        self.config_path, self.worker, self.listener = config_path, worker, listener
+        self.thread = threading.Thread(target=worker.run, args=(listener,), daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        if self.listener.fileno() != -1:
+            self.worker.stopping = True
+            self.listener.shutdown(socket.SHUT_RDWR)  # wakes accept()
+            self.listener.close()
+            self.thread.join(10)
+
+    def idle(self) -> None:
+        assert self.worker.in_flight.wait_idle(10)
+
+
+@pytest.fixture
+def worker(tmp_path, make_config):
+    """worker(**config overrides) -> a Running worker on tmp_path/run/worker.sock, with the config file it serves."""
+    running: list[Running] = []
+
+    def start(**overrides: dict) -> Running:
+        path = make_config(pipe={"worker": str(tmp_path / "run" / "worker.sock"), **overrides.pop("pipe", {})}, **overrides)
+        config = configmod.load(path)
+        log.configure("mailfilter/worker", config.log, stderr=False)
+        running.append(Running(path, workermod.Worker(config), workermod.open_socket(config.pipe.worker)))
+        return running[-1]
+
+    yield start
+    for r in running:
+        r.stop()
+
+
+def hand_off(config_path: str, raw: bytes, *argv: str) -> tuple[int, str | None, io.BytesIO]:
+    stdin = io.BytesIO(raw)
+    status, line = pipeclient.hand_off(["--config", config_path, "pipe", *(argv or DEFAULT_ARGS)], stdin, environ={})
+    return status, line, stdin
+
+
+def log_text(tmp_path: Path) -> str:
+    return (tmp_path / "mailfilter.log").read_text()
+
+
+def test_clean_message_goes_through_the_worker_byte_for_byte(worker, answers, sendmail, tmp_path):
+    answers(HAM, CLEAN)
+    w = worker()
+    raw = corpus.clean().replace(b"\n", b"\r\n", 3) + bytes(range(256)) + b"\x00no final newline" * 8000  # > one chunk
+    status, line, _ = hand_off(w.config_path, raw)
+    assert (status, line) == (0, None)
+    [(argv, data)] = sendmail.calls
+    assert argv == ["-G", "-i", "-f", *ENVELOPE[:1], "--", *ENVELOPE[1:]]
+    assert data.endswith(raw.split(b"\n\n", 1)[1]) or data.endswith(raw[-1000:])
+    assert data.endswith(b"\x00no final newline" * 8000)
+    assert "mailfilter/worker" in log_text(tmp_path) and "4F2A1C: from=<alice@example.org>, nrcpt=2, verdict=clean" in log_text(tmp_path)
+
+
+def test_virus_is_quarantined_by_the_worker(worker, answers, sendmail, tmp_path):
+    answers(HAM, EICAR)
+    w = worker()
+    raw = corpus.eicar_attached()
+    assert hand_off(w.config_path, raw)[:2] == (0, None)
+    [(meta, stored)] = quarantined(tmp_path / "quarantine")
+    assert stored == raw and meta["queue_id"] == "4F2A1C"
+    [(argv, report)] = sendmail.calls
+    assert argv[-1] == "admin@example.net" and b"Subject: VIRUS FOUND" in report
+
+
+def test_reject_policy_and_scanner_failure_keep_their_statuses(worker, answers, sendmail):
+    w = worker(policy={"virus": "reject"}, report={"admin": ""})
+    answers(HAM, EICAR)
+    assert hand_off(w.config_path, corpus.eicar_attached())[:2] == (69, "5.7.1 message rejected: virus found: Eicar-Test-Signature")
+    answers(HAM, CLAM_DOWN)
+    assert hand_off(w.config_path, corpus.clean())[:2] == (75, "4.7.1 mailfilter: clamav unavailable, message deferred")
+    assert sendmail.calls == []
+
+
+def test_usage_error_and_help_come_back_from_the_worker(worker, answers, sendmail):
+    answers(HAM, CLEAN)
+    w = worker()
+    status, line, _ = hand_off(w.config_path, corpus.clean(), "-f", "alice@example.org")
+    assert status == 75 and line.startswith("4.3.5 mailfilter: missing '-- RECIPIENT...'")
+    status, line, _ = hand_off(w.config_path, b"", "--help")
+    assert status == 0 and line.startswith("usage: mailfilter") and "master.cf" in line
+    assert sendmail.calls == []
+
+
+def test_hostile_sender_stays_the_value_of_f(worker, answers, sendmail):
+    answers(HAM, CLEAN)
+    w = worker()
+    assert hand_off(w.config_path, corpus.clean(), "-f", "-c", "--", "-t", "--config=/etc/passwd")[:2] == (0, None)
+    [(argv, _)] = sendmail.calls
+    assert argv == ["-G", "-i", "-f", "-c", "--", "-t", "--config=/etc/passwd"]
+
+
+def test_no_worker_listening_leaves_the_message_untouched(tmp_path, make_config):
+    path = make_config(pipe={"worker": str(tmp_path / "absent.sock")})
+    with pytest.raises(pipeclient.NoWorker) as caught:
+        hand_off(path, corpus.clean())
+    assert str(caught.value) == ""  # the usual case: nothing to warn about
+    stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stale.bind(str(tmp_path / "absent.sock"))  # a socket file nobody listens on: a killed worker
+    stale.close()
+    stdin = io.BytesIO(corpus.clean())
+    with pytest.raises(pipeclient.NoWorker):
+        pipeclient.hand_off(["--config", path, "pipe", *DEFAULT_ARGS], stdin, environ={})
+    assert stdin.tell() == 0
+
+
+def test_worker_off_in_config_is_never_tried(make_config):
+    with pytest.raises(pipeclient.NoWorker):
+        hand_off(make_config(pipe={"worker": ""}), corpus.clean())
+
+
+def test_worker_serving_another_config_declines(worker, answers, sendmail, tmp_path):
+    answers(HAM, CLEAN)
+    w = worker()
+    other = tmp_path / "other.toml"
+    other.write_text(Path(w.config_path).read_text())  # same socket, another file
+    stdin = io.BytesIO(corpus.clean())
+    with pytest.raises(pipeclient.NoWorker, match=f"declined: it serves {w.config_path}, not {other}"):
+        pipeclient.hand_off(["--config", str(other), "pipe", *DEFAULT_ARGS], stdin, environ={})
+    assert stdin.tell() == 0 and sendmail.calls == []
+
+
+def test_worker_for_another_postfix_instance_declines(worker, answers, sendmail, tmp_path):
+    answers(HAM, CLEAN)
+    w = worker()  # this process has no MAIL_CONFIG: sendmail reinjects into /etc/postfix
+    for same in ("", "/etc/postfix", "/etc/postfix/"):
+        assert pipeclient.hand_off(
+            ["--config", w.config_path, "pipe", *DEFAULT_ARGS], io.BytesIO(corpus.clean()), {"MAIL_CONFIG": same}
+        ) == (0, None)
+    stdin = io.BytesIO(corpus.clean())
+    with pytest.raises(
+        pipeclient.NoWorker, match="declined: it reinjects into the Postfix of /etc/postfix, not MAIL_CONFIG=/etc/postfix-out"
+    ):
+        pipeclient.hand_off(["--config", w.config_path, "pipe", *DEFAULT_ARGS], stdin, {"MAIL_CONFIG": "/etc/postfix-out"})
+    assert stdin.tell() == 0 and len(sendmail.calls) == 3
+
+
+def test_stopping_worker_and_another_user_decline(worker, answers, monkeypatch):
+    answers(HAM, CLEAN)
+    w = worker()
+    monkeypatch.setattr(workermod, "peer_uid", lambda conn: 4242)
+    with pytest.raises(pipeclient.NoWorker, match="declined: it runs as uid 0, the client as uid 4242"):
+        hand_off(w.config_path, corpus.clean())
+    monkeypatch.undo()
+    answers(HAM, CLEAN)
+    w.worker.stopping = True
+    with pytest.raises(pipeclient.NoWorker, match="declined: it is stopping"):
+        hand_off(w.config_path, corpus.clean())
+
+
+class FakeWorker:
+    """A socket that answers the greeting as told, then does BEHAVIOUR: for client-side failures."""
+
+    def __init__(self, path: Path, greeting: bytes | None, behaviour: str) -> None:
+        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.listener.bind(str(path))
+        self.listener.listen()
+        self.received = b""
+        self.thread = threading.Thread(target=self.serve, args=(greeting, behaviour), daemon=True)
+        self.thread.start()
+
+    def serve(self, greeting: bytes | None, behaviour: str) -> None:
+        with self.listener:
+            conn, _ = self.listener.accept()
+        with conn:
+            self.received = conn.recv(65536)
+            if greeting is None:
+                conn.recv(1)  # say nothing until the client hangs up
+                return
+            conn.sendall(greeting)
+            if behaviour == "close":
+                conn.recv(1000)
+            elif behaviour == "garbage":
+                while not self.received.endswith(b"0\n"):
+                    self.received += conn.recv(65536)
+                conn.sendall(b"200 OK\n")
+
+
+@pytest.mark.parametrize(
+    ("behaviour", "said"), [("close", "the pipe worker failed ("), ("garbage", "the pipe worker failed (unusable reply")]
+)
+def test_worker_failing_after_go_defers(tmp_path, make_config, behaviour, said):
+    path = make_config(pipe={"worker": str(tmp_path / "fake.sock")})
+    fake = FakeWorker(tmp_path / "fake.sock", b"GO\n", behaviour)
+    status, line, _ = hand_off(path, corpus.clean() * 100)
+    fake.thread.join(5)
+    assert status == 75 and line.startswith(f"4.3.0 mailfilter: {said}") and line.endswith("message deferred")
+    assert fake.received.startswith(b"MAILFILTER-PIPE/1 ")
+
+
+def test_silent_worker_is_passed_by(tmp_path, make_config, monkeypatch):
+    monkeypatch.setattr(pipeclient, "GREETING_TIMEOUT", 0.2)
+    path = make_config(pipe={"worker": str(tmp_path / "fake.sock")})
+    fake = FakeWorker(tmp_path / "fake.sock", None, "")
+    stdin = io.BytesIO(corpus.clean())
+    with pytest.raises(pipeclient.NoWorker, match="did not answer"):
+        pipeclient.hand_off(["--config", path, "pipe", *DEFAULT_ARGS], stdin, environ={})
+    assert stdin.tell() == 0
+    fake.thread.join(5)
+
+
+def test_client_deadline_defers_and_the_worker_delivers_nothing(worker, answers, sendmail, tmp_path):
+    answers(HAM, CLEAN, delay=1.5)
+    w = worker(pipe={"deadline": 0.5})
+    started = time.monotonic()
+    status, line, _ = hand_off(w.config_path, corpus.clean())
+    assert time.monotonic() - started < 1.4
+    assert (status, line) == (75, "4.3.0 mailfilter: filter deadline of 0.5 s exceeded, message deferred")
+    w.idle()
+    assert sendmail.calls == [] and quarantined(tmp_path / "quarantine") == []
+    assert "4F2A1C: mailfilter: the pipe client hung up before the verdict was applied; nothing delivered" in log_text(tmp_path)
+
+
+def test_message_cut_short_is_never_delivered(worker, answers, sendmail, tmp_path):
+    answers(HAM, CLEAN)
+    w = worker()
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.connect(str(tmp_path / "run" / "worker.sock"))
+        fields = b"\0".join(s.encode() for s in [w.config_path, "", "pipe", *DEFAULT_ARGS])
+        sock.sendall(b"MAILFILTER-PIPE/1 %d\n" % len(fields) + fields)
+        assert sock.recv(3) == b"GO\n"
+        sock.sendall(b"100\nFrom: a@example.org\n\nonly part of it")
+    w.idle()
+    assert sendmail.calls == []
+    assert "4F2A1C: mailfilter: the pipe client's message ended early" in log_text(tmp_path)
+
+
+@pytest.mark.parametrize("greeting", [b"HELLO\n", b"MAILFILTER-PIPE/1 999999999\n", b"MAILFILTER-PIPE/1 50\nshort", b""])
+def test_bad_greeting_does_not_hurt_the_next_client(worker, answers, sendmail, tmp_path, greeting):
+    answers(HAM, CLEAN)
+    w = worker()
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.connect(str(tmp_path / "run" / "worker.sock"))
+        sock.sendall(greeting)
+        sock.shutdown(socket.SHUT_WR)
+        assert sock.recv(100) == b""
+    assert hand_off(w.config_path, corpus.clean())[:2] == (0, None)
+    assert len(sendmail.calls) == 1
+    assert "pipe client dropped before its message" in log_text(tmp_path)
+
+
+def test_concurrent_client_processes_each_delivered_once(worker, answers, sendmail, tmp_path):
+    """20 `mailfilter pipe` processes at once, as pipe(8) with maxproc 20 would start them."""
+    answers(HAM, CLEAN, delay=0.2)
+    w = worker()
+    env = {"PATH": "/usr/bin:/bin", "MAILFILTER_CONFIG": w.config_path}
+    procs = []
+    for n in range(20):
+        raw = corpus.clean().replace(b"Subject:", b"Subject: n%03d" % n, 1)
+        argv = [str(MAILFILTER), "pipe", "-q", f"Q{n}", "-f", "alice@example.org", "--", "bob@example.net"]
+        procs.append((subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env), raw))
+    outputs = [proc.communicate(raw, timeout=60)[0] for proc, raw in procs]
+    assert ([proc.returncode for proc, _ in procs], outputs) == ([0] * 20, [b""] * 20)
+    subjects = sorted(data.split(b"Subject: ", 1)[1][:4] for _, data in sendmail.calls)
+    assert subjects == sorted(b"n%03d" % n for n in range(20))
+    assert log_text(tmp_path).count("mailfilter/worker") >= 20  # the worker did them, not the processes themselves
+
+
+def test_open_socket_replaces_a_stale_socket_but_not_a_live_one(tmp_path):
+    path = str(tmp_path / "run" / "worker.sock")
+    first = workermod.open_socket(path)
+    with pytest.raises(workermod.WorkerError, match="another worker is listening"):
+        workermod.open_socket(path)
+    first.close()  # killed: the file stays
+    second = workermod.open_socket(path)
+    assert (Path(path).stat().st_mode & 0o777, (tmp_path / "run").stat().st_mode & 0o777) == (0o600, 0o700)
+    second.close()
+    Path(path).unlink()
+    Path(path).write_text("not a socket")
+    with pytest.raises(workermod.WorkerError, match="not a socket"):
+        workermod.open_socket(path)
+
+
+@pytest.mark.parametrize(
+    ("argv", "environ", "expected"),
+    [
+        (["pipe", "-f", "a@b", "--", "c@d"], {}, ("/etc/mailfilter/mailfilter.toml", False)),
+        (["pipe", "-f", "a@b", "--", "c@d"], {"MAILFILTER_CONFIG": "/x/env.toml"}, ("/x/env.toml", True)),
+        (["--config", "/x/a.toml", "pipe", "-f", "a@b", "--", "c@d"], {"MAILFILTER_CONFIG": "/x/env.toml"}, ("/x/a.toml", True)),
+        (["pipe", "--config=/x/b.toml", "-f", "a@b", "--", "c@d"], {}, ("/x/b.toml", True)),
+        (["pipe", "-f", "-c", "--", "-c", "/x/rcpt.toml"], {}, ("/etc/mailfilter/mailfilter.toml", False)),
+        (["pipe", "-q", "--config", "-f", "a@b", "--", "c@d"], {}, ("/etc/mailfilter/mailfilter.toml", False)),
+    ],
+)
+def test_client_finds_the_config_file_the_way_pipe_does(argv, environ, expected):
+    assert pipeclient.config_path(argv, environ) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("[spamd]\nport = 783\n", ("/run/mailfilter-pipe/worker.sock", 300.0)),
+        ('[pipe]\nworker = "/x/w.sock"\ndeadline = 60\n', ("/x/w.sock", 60.0)),
+        ('pipe.worker = "/x/dotted.sock"\n', ("/x/dotted.sock", 300.0)),
+        ('[pipe]\n"\\u0077orker" = "/x/escaped.sock"\n', ("/x/escaped.sock", 300.0)),
+        ('[pipe]\nworker = ""\n', None),
+        ("[pipe]\ndeadline = -1\n", None),
+        ('[pipe]\nworker = "/x/w.sock"\nnot toml', None),
+    ],
+)
+def test_client_reads_pipe_worker_and_deadline(tmp_path, text, expected):
+    (tmp_path / "c.toml").write_text(text)
+    if expected is None:
+        with pytest.raises(pipeclient.NoWorker):
+            pipeclient.settings(str(tmp_path / "c.toml"), True)
+    else:
+        assert pipeclient.settings(str(tmp_path / "c.toml"), True) == expected
+
+
+def test_client_reads_the_same_defaults_as_the_config():
+    assert pipeclient.DEFAULT_DEADLINE == configmod.PipeConfig().deadline
+    assert pipeclient.settings("/nonexistent/default.toml", False) == (configmod.PipeConfig().worker, configmod.PipeConfig().deadline)
+
+
+def test_check_says_whether_a_worker_answers(worker, make_config, tmp_path):
+    from mailfilter.commands.check import Status, worker_line
+
+    w = worker()
+    config = configmod.load(w.config_path)
+    assert worker_line(config, {}).status is Status.OK and "answers on" in worker_line(config, {}).text
+    declined = worker_line(config, {"MAIL_CONFIG": "/etc/postfix-out"})
+    assert declined.status is Status.WARN and "declined: it reinjects into the Postfix of /etc/postfix" in declined.text
+    w.stop()
+    absent = worker_line(config, {})
+    assert absent.status is Status.OK and "each `mailfilter pipe` filters its message itself" in absent.text
+    off = worker_line(configmod.load(make_config(pipe={"worker": ""})), {})
+    assert (off.status, off.text) == (Status.OK, "not used ([pipe] worker = '')")
