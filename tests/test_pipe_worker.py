@@ -352,7 +352,7 @@ def test_client_finds_the_config_file_the_way_pipe_does(argv, environ, expected)
         ('[pipe]\n"\\u0077orker" = "/x/escaped.sock"\n', ("/x/escaped.sock", 300.0)),
         ('[pipe]\nworker = ""\n', None),
         ("[pipe]\ndeadline = -1\n", None),
-        ('[pipe]\nworker = "/x/w.sock"\nnot toml', None),
+        ('[pipe]\nworker = "/x/w.sock\n', None),  # unterminated: tomllib refuses it
     ],
 )
 def test_client_reads_pipe_worker_and_deadline(tmp_path, text, expected):
@@ -382,3 +382,76 @@ def test_check_says_whether_a_worker_answers(worker, make_config, tmp_path):
     assert absent.status is Status.OK and "each `mailfilter pipe` filters its message itself" in absent.text
     off = worker_line(configmod.load(make_config(pipe={"worker": ""})), {})
     assert (off.status, off.text) == (Status.OK, "not used ([pipe] worker = '')")
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("", {}),
+        ('[pipe]\nworker = "/x/w.sock"  # ours\ndeadline = 120.5\r\n', {"worker": "/x/w.sock", "deadline": 120.5}),
+        ('[spamd]\nport = 783\n[pipe]\n# worker = "/commented/out"\ndeadline = 60 # s\n[milter]\nuser = "m"\n', {"deadline": 60.0}),
+        ('[pipe]\nworker = ""\n', {"worker": ""}),
+        ('pipe.worker = "/x/dotted.sock"\n', None),
+        ('pipe = { worker = "/x/inline.sock" }\n', None),
+        ('[pipe]\n"worker" = "/x/quoted-key.sock"\n', None),
+        ("[pipe]\nworker = '/x/literal.sock'\n", None),
+        ('[pipe]\nworker = "/x/esc\\\\aped.sock"\n', None),
+        ('[ pipe ]\nworker = "/x/spaced-header.sock"\n', None),
+        ('[pipe.more]\nworker = "/x/subtable.sock"\n', None),
+        ('[milter]\nworker = "/x/other-table.sock"\n', None),
+        ('[pipe]\nworker = "/x/a"\nworker = "/x/b"\n', None),
+        ("[pipe]\ndeadline = 1_000\n", None),
+        ('[pipe]\ndeadline = "60"\n', None),
+        ("[pipe]\nworker = 5\n", None),
+        ('[pipe]\nworker = """/x/multi"""\n', None),
+        ('[report]\nadmin = "deadline-watch@example.org"\n', None),
+    ],
+)
+def test_simple_reader_reads_plain_lines_and_defers_the_rest_to_tomllib(text, expected):
+    assert pipeclient.simple_pipe_keys(text.encode()) == expected
+
+
+def test_simple_reader_never_disagrees_with_tomllib():
+    """Random config files from plausible and odd fragments: whenever the simple reader answers, tomllib agrees."""
+    import random
+    import tomllib
+
+    fragments = [
+        "[pipe]",
+        "[spamd]",
+        "[pipe.x]",
+        "[ pipe ]",
+        "[milter]",
+        'worker = "/run/a.sock"',
+        'worker = "/run/b.sock" # c',
+        "worker = ''",
+        "deadline = 30",
+        "deadline = 2.5  # s",
+        "deadline = -1",
+        "deadline = 1e2",
+        "# deadline = 5",
+        'pipe.worker = "/d.sock"',
+        "pipe = { deadline = 9 }",
+        "port = 783",
+        'user = "mailfilter"',
+        "x = [",
+        "  [1, 2],",
+        "]",
+        "",
+        '"deadline" = 7',
+        'note = "worker"',
+    ]
+    rng = random.Random(20261128)
+    answered = 0
+    for _ in range(3000):
+        text = "\n".join(rng.choice(fragments) for _ in range(rng.randint(1, 8))) + "\n"
+        simple = pipeclient.simple_pipe_keys(text.encode())
+        if simple is None:
+            continue
+        answered += 1
+        try:
+            table = tomllib.loads(text).get("pipe", {})
+        except tomllib.TOMLDecodeError:
+            continue  # the full loader refuses it; the worker cannot be serving it either
+        assert simple == {k: v for k, v in table.items() if k in ("worker", "deadline")}, text
+    assert answered > 300  # the reader answered often enough for the comparison to mean something

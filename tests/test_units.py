@@ -25,7 +25,9 @@ def test_unit_verifies(tmp_path, name):
 
 
 @needs_systemd
-@pytest.mark.parametrize("name", ["mailfilter-milter.service", "mailfilter-worker.service", "mailfilter-purge.service", "mailfilter-report.service"])
+@pytest.mark.parametrize(
+    "name", ["mailfilter-milter.service", "mailfilter-worker.service", "mailfilter-purge.service", "mailfilter-report.service"]
+)
 def test_unit_exposure_is_ok_or_better(name):
     proc = subprocess.run(
         ["systemd-analyze", "security", "--offline=true", "--threshold=20", str(ROOT / "systemd" / name)],

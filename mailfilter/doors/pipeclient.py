@@ -3,7 +3,7 @@
 pipe(8) starts one process per message. Importing the whole pipeline (asyncio,
 aiospamc, the config model, logging) costs a Python process more CPU than the
 scanners' clients do, on every message. So entry.py tries this module first: it
-imports nothing beyond socket (no json, no tomllib: see settings()), finds
+imports nothing beyond socket (no json, no tomllib, no typing: see settings()), finds
 [pipe] worker and [pipe] deadline, and streams the message to the worker, which
 runs the very same door code (doors/pipe.py) in a process that imported
 everything once.
@@ -31,10 +31,13 @@ from __future__ import annotations
 import os
 import signal
 import socket
-from collections.abc import Mapping
-from typing import BinaryIO
 
 from ..paths import CONFIG_ENV, CONFIG_PATH, WORKER_SOCKET
+
+TYPE_CHECKING = False  # typing itself would be an import of a few ms on every message
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+    from typing import BinaryIO
 
 PROTOCOL = b"MAILFILTER-PIPE/1"
 GREETING_TIMEOUT = 10.0  # a worker that does not say GO or DECLINE by then is passed by
@@ -75,11 +78,11 @@ def config_path(argv: list[str], environ: Mapping[str, str]) -> tuple[str, bool]
 def settings(path: str, named: bool) -> tuple[str, float]:
     """[pipe] worker and [pipe] deadline from the config file.
 
-    Most config files set neither: when neither key's name appears in the file
-    (nor a \\u escape, the one way TOML could spell a key without its letters),
-    the defaults apply and tomllib, which costs more than the rest of this client
-    together, is not imported. A file the full loader would refuse is NoWorker:
-    filtering in this process then reports the error properly.
+    tomllib (with the re, typing and datetime it imports) would cost this client
+    more than everything else it does, so the file is first read by simple_pipe_keys,
+    which understands only the plain spellings admins write and says when it cannot
+    be sure; then, and only then, tomllib decides. A file the full loader would
+    refuse is NoWorker: filtering in this process then reports the error properly.
     """
     try:
         with open(path, "rb") as fh:
@@ -90,14 +93,14 @@ def settings(path: str, named: bool) -> tuple[str, float]:
         data = b""
     except OSError as exc:
         raise NoWorker("") from exc
-    if not any(word in data for word in (b"worker", b"deadline", b"\\u", b"\\U")):
-        return WORKER_SOCKET, DEFAULT_DEADLINE
-    import tomllib
+    table = simple_pipe_keys(data)
+    if table is None:
+        import tomllib
 
-    try:
-        table = tomllib.loads(data.decode("utf-8")).get("pipe", {})
-    except ValueError as exc:  # TOMLDecodeError and UnicodeDecodeError
-        raise NoWorker("") from exc
+        try:
+            table = tomllib.loads(data.decode("utf-8")).get("pipe", {})
+        except ValueError as exc:  # TOMLDecodeError and UnicodeDecodeError
+            raise NoWorker("") from exc
     worker = table.get("worker", WORKER_SOCKET) if isinstance(table, dict) else None
     deadline = table.get("deadline", DEFAULT_DEADLINE) if isinstance(table, dict) else None
     if not isinstance(worker, str) or isinstance(deadline, bool) or not isinstance(deadline, (int, float)) or deadline <= 0:
@@ -105,6 +108,58 @@ def settings(path: str, named: bool) -> tuple[str, float]:
     if not worker:
         raise NoWorker("")
     return worker, float(deadline)
+
+
+_KEYS = (b"worker", b"deadline")
+
+
+def simple_pipe_keys(data: bytes) -> dict[str, str | float] | None:
+    """The worker and deadline keys of [pipe], when every mention of them is a plain line
+    (`worker = "/path"`, `deadline = 120`, an optional # comment) under a plain `[pipe]`
+    header; None when anything else could set or hide them (tomllib must then decide).
+
+    It never returns a value tomllib would not: a line it does not fully understand that
+    mentions either key's name, a \\u escape (TOML's one way to spell a key without its
+    letters), a multi-line string, or a second definition all mean None.
+    """
+    if b"\\u" in data or b"\\U" in data or b'"""' in data or b"'''" in data:
+        return None
+    found: dict[str, str | float] = {}
+    table = b""
+    for raw in data.split(b"\n"):
+        line = raw.strip()
+        if line.startswith(b"["):
+            table = line.partition(b"#")[0].strip()
+            if any(key in line for key in _KEYS):
+                return None
+            continue
+        if not any(key in line for key in _KEYS) or line.startswith(b"#"):
+            continue
+        key, equals, value = line.partition(b"=")
+        key = key.strip()
+        if table != b"[pipe]" or not equals or key not in _KEYS or key.decode() in found:
+            return None
+        parsed = _simple_value(value.strip())
+        if parsed is None or isinstance(parsed, str) is (key == b"deadline"):
+            return None
+        found[key.decode()] = parsed
+    return found
+
+
+def _simple_value(text: bytes) -> str | float | None:
+    """A basic string without escapes, or a decimal number, then an optional comment; else None."""
+    if text.startswith(b'"'):
+        end = text.find(b'"', 1)
+        if end < 0 or b"\\" in text[:end]:
+            return None
+        value, rest = text[1:end].decode("utf-8", "strict"), text[end + 1 :].strip()
+    else:
+        number, _, comment = text.partition(b"#")
+        number, rest = number.strip(), b"#" + comment if comment else b""
+        if not number.replace(b".", b"", 1).isdigit():
+            return None
+        value = float(number)
+    return value if not rest or rest.startswith(b"#") else None
 
 
 def _greet(sock: socket.socket, argv: list[str], config: str, mail_config: str) -> None:
