@@ -97,6 +97,7 @@ def source_version() -> str:
 def run(plan: Plan, seed: int, state: dict, work: Path) -> dict:
     """Every measurement, in order; returns the results without the targets."""
     from conftest import write_config  # tests/conftest.py
+    from postfix import filter_venv  # tests/postfix.py
 
     corpus = messages.build(seed, plan.corpus)
     folder = work / "messages"
@@ -105,33 +106,45 @@ def run(plan: Plan, seed: int, state: dict, work: Path) -> dict:
     for message in corpus:
         files[message.name] = folder / f"{message.name}.eml"
         files[message.name].write_bytes(message.data)
-    sections = base_config(work, state)
+    sections = {**base_config(work, state), "pipe": {"worker": ""}}
     config = Path(write_config(work / "pipe.toml", sections))
+    worker_sections = pipepath.prepare_worker(work / "worker", sections)
+    worker_config = Path(write_config(work / "worker" / "pipe.toml", worker_sections))
     spamd = (state["spamd_host"], state["spamd_port"])
-    mailfilter = ROOT / ".venv" / "bin" / "mailfilter"
+    mailfilter = filter_venv()  # installed as an admin would (not editable), readable by the worker's user
     signatures = {
         "small": pipepath.write_signatures(work / "db-small", daemons.SIGNATURES, 0, seed),
         "big": pipepath.write_signatures(work / "db-big", daemons.SIGNATURES, plan.signatures, seed),
     }
-    setup = pipepath.Setup(
-        mailfilter=mailfilter,
-        config=config,
-        spamd=spamd,
-        clamd_conf=state["clamd_config"],
-        daemon_pgids=(state["pids"]["spamd"], state["pids"]["clamd"]),
-        work=work,
-        small_db=work / "db-small",
-        big_db=work / "db-big",
-    )
-    pipe_env = {**pipepath.PIPE_ENV, "MAILFILTER_CONFIG": str(config), "TMPDIR": str(work)}
     ham = messages.typical_ham(corpus)
-    argv = [str(mailfilter), "pipe", "-q", "BENCH0", "-f", pipepath.SENDER, "--", pipepath.RECIPIENT]
-    _say("start-up: -X importtime and wall")
     digest = hashlib.sha256(b"".join(m.data for m in corpus)).hexdigest()
     results: dict = {"corpus": {"messages": len(corpus), "bytes": sum(m.size for m in corpus), "sha256": digest}, "signatures": signatures}
-    results["startup"] = startup.measure(ROOT / ".venv" / "bin" / "python", argv, files[ham.name], pipe_env, plan.rounds)
-    _say(f"pipe path: {plan.rounds} rounds x {len(pipepath.VARIANTS)} variants x {plan.pipe_messages} messages")
-    results["pipe"] = pipepath.measure(setup, messages.pipe_sample(corpus, plan.pipe_messages), files, plan.rounds)
+    worker = pipepath.start_worker(mailfilter, worker_config, Path(worker_sections["pipe"]["worker"]))
+    try:
+        setup = pipepath.Setup(
+            mailfilter=mailfilter,
+            config=config,
+            worker_config=worker_config,
+            worker_pid=worker.pid,
+            spamd=spamd,
+            clamd_conf=state["clamd_config"],
+            daemon_pgids=(state["pids"]["spamd"], state["pids"]["clamd"]),
+            work=work,
+            small_db=work / "db-small",
+            big_db=work / "db-big",
+        )
+        argv = [str(mailfilter), "pipe", "-q", "BENCH0", "-f", pipepath.SENDER, "--", pipepath.RECIPIENT]
+        python = mailfilter.parent / "python"
+        _say("start-up: -X importtime and wall, with and without the worker")
+        results["startup"] = {
+            name: startup.measure(python, argv, files[ham.name], {**pipepath.PIPE_ENV, "MAILFILTER_CONFIG": str(path)}, plan.rounds)
+            for name, path in (("worker", worker_config), ("alone", config))
+        }
+        _say(f"pipe path: {plan.rounds} rounds x {len(pipepath.VARIANTS)} variants x {plan.pipe_messages} messages")
+        results["pipe"] = pipepath.measure(setup, messages.pipe_sample(corpus, plan.pipe_messages), files, plan.rounds)
+        results["pipe"]["worker_peak_rss_kib"] = peak_rss_kib(worker.pid)
+    finally:
+        pipepath.stop_worker(worker)
     _say("[spamd] max_size: counting proxies")
     largest = max(corpus, key=lambda m: m.size)
     results["maxsize"] = maxsize.check(

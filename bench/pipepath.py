@@ -1,7 +1,9 @@
 """The pipe path: one process per message, as Postfix's pipe(8) runs a content filter.
 
 Variants, each reinjecting through bench/sendmail-null:
-  mailfilter     the installed console script `mailfilter pipe -q ID -f SENDER -- RCPT`
+  mailfilter     the installed console script `mailfilter pipe -q ID -f SENDER -- RCPT`, with a resident
+                 `mailfilter worker` (as mailfilter-test) that it hands the message to; its CPU counts as the filter's
+  mailfilter-alone  the same command with no worker ([pipe] worker = ''): the whole pipeline in each process
   myfilter       bench/myfilter.sh, the old recipe (spamc to a temp file, clamscan on it), tiny test signatures
   myfilter-big   the same with a synthetic database of hundreds of thousands of hash signatures
   floor          bench/floor.sh: spamc | clamdscan --stream -, in a shell, no Python
@@ -15,12 +17,17 @@ what spamd and clamd spent for it.
 
 from __future__ import annotations
 
+import grp
+import pwd
 import random
+import shutil
+import socket
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from measure import BenchError, alternated, group_cpu, loadavg, run_process, summary
+from measure import BenchError, alternated, group_cpu, loadavg, process_cpu, run_process, summary
 from messages import Message
 
 HERE = Path(__file__).resolve().parent
@@ -28,8 +35,9 @@ SENDMAIL = HERE / "sendmail-null"
 SENDER, RECIPIENT = "alice@example.org", "bob@example.net"
 PIPE_ENV = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}  # pipe(8) sets no HOME and PATH=/usr/bin:/bin
 TIMEOUT = 120.0
-VARIANTS = ("floor", "mailfilter", "myfilter", "myfilter-big")  # in turn, forwards and backwards: the floor next to mailfilter
-OK_STATUS = {"mailfilter": {0}, "myfilter": {0}, "myfilter-big": {0}, "floor": {0, 1}}  # floor: clamdscan's 1 = virus
+VARIANTS = ("floor", "mailfilter", "mailfilter-alone", "myfilter", "myfilter-big")  # in turn, forwards and backwards
+OK_STATUS = {"mailfilter": {0}, "mailfilter-alone": {0}, "myfilter": {0}, "myfilter-big": {0}, "floor": {0, 1}}  # floor: 1 = virus
+WORKER_USER = "mailfilter-test"  # created by scripts/setup; the worker refuses root, as pipe(8) refuses user=root
 
 
 @dataclass(frozen=True)
@@ -37,7 +45,9 @@ class Setup:
     """What the variants need: the daemons' addresses and pids, the mailfilter config and the signature folders."""
 
     mailfilter: Path
-    config: Path
+    config: Path  # [pipe] worker = '': mailfilter-alone
+    worker_config: Path  # the config the worker serves: mailfilter
+    worker_pid: int
     spamd: tuple[str, int]
     clamd_conf: str
     daemon_pgids: tuple[int, ...]
@@ -71,9 +81,10 @@ def write_signatures(folder: Path, tests_signatures: Path, count: int, seed: int
 def _command(variant: str, setup: Setup) -> tuple[list[str], dict[str, str]]:
     """The argv and environment of one variant, with the envelope pipe(8) would pass."""
     host, port = setup.spamd
-    if variant == "mailfilter":
+    if variant in ("mailfilter", "mailfilter-alone"):
         argv = [str(setup.mailfilter), "pipe", "-q", "BENCH1", "-f", SENDER, "--", RECIPIENT]
-        return argv, {**PIPE_ENV, "MAILFILTER_CONFIG": str(setup.config), "TMPDIR": str(setup.work)}
+        config = setup.worker_config if variant == "mailfilter" else setup.config
+        return argv, {**PIPE_ENV, "MAILFILTER_CONFIG": str(config), "TMPDIR": str(setup.work)}
     if variant == "floor":
         return [str(HERE / "floor.sh")], {**PIPE_ENV, "SPAMD_HOST": host, "SPAMD_PORT": str(port), "CLAMD_CONF": setup.clamd_conf}
     db = setup.big_db if variant == "myfilter-big" else setup.small_db
@@ -89,12 +100,69 @@ def _command(variant: str, setup: Setup) -> tuple[list[str], dict[str, str]]:
 
 
 def run_one(variant: str, setup: Setup, message: Path) -> dict:
-    """One message through one variant: wall and CPU seconds; raises if the filter failed."""
+    """One message through one variant: wall and CPU seconds (the worker's included); raises if the filter failed."""
     argv, env = _command(variant, setup)
+    worker_before = process_cpu(setup.worker_pid) if variant == "mailfilter" else 0.0
     run = run_process(argv, message, env, TIMEOUT)
     if run.status not in OK_STATUS[variant]:
         raise BenchError(f"{variant} on {message.name} exited {run.status}: {run.output[-2000:].decode('utf-8', 'replace')}")
-    return {"wall": run.wall, "cpu": run.cpu}
+    worker_cpu = process_cpu(setup.worker_pid) - worker_before if variant == "mailfilter" else 0.0
+    return {"wall": run.wall, "cpu": run.cpu + worker_cpu}
+
+
+def prepare_worker(folder: Path, sections: dict[str, dict]) -> dict[str, dict]:
+    """FOLDER (owned by the worker's user) with what the worker writes, and its config sections: SECTIONS with
+    its own quarantine, state, journal, log and socket there, and a copy of the sendmail stand-in it can run."""
+    user = pwd.getpwnam(WORKER_USER)
+    folder.mkdir(mode=0o755)
+    shutil.copy(SENDMAIL, folder / SENDMAIL.name)
+    own = {
+        **sections,
+        "delivery": {"sendmail": [str(folder / SENDMAIL.name)]},
+        "quarantine": {"dir": str(folder / "quarantine")},
+        "report": {**sections["report"], "state_dir": str(folder / "state"), "journal_dir": str(folder / "journal")},
+        "log": {"syslog": False, "file": str(folder / "worker.log")},
+        "pipe": {"worker": str(folder / "run" / "worker.sock")},
+    }
+    for path in [folder, *folder.iterdir()]:
+        shutil.chown(path, user.pw_uid, user.pw_gid)
+    return own
+
+
+def start_worker(mailfilter: Path, config: Path, socket_path: Path, timeout: float = 60.0) -> subprocess.Popen:
+    """`mailfilter worker` as WORKER_USER, in a session of its own; returns once its socket answers."""
+    user = pwd.getpwnam(WORKER_USER)
+    proc = subprocess.Popen(
+        [str(mailfilter), "--config", str(config), "worker"],
+        user=user.pw_uid,
+        group=user.pw_gid,
+        extra_groups=[g.gr_gid for g in grp.getgrall() if WORKER_USER in g.gr_mem],
+        env={**PIPE_ENV},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise BenchError(f"mailfilter worker exited {proc.returncode}: {proc.stderr.read().decode('utf-8', 'replace')[-2000:]}")
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+            try:
+                probe.connect(str(socket_path))
+                return proc
+            except OSError:
+                time.sleep(0.05)  # polling for readiness, not waiting for it
+    proc.kill()
+    raise BenchError(f"mailfilter worker did not listen on {socket_path} within {timeout:g} s")
+
+
+def stop_worker(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def _daemon_cpu(setup: Setup) -> float:
