@@ -116,8 +116,9 @@ def worker(obj: Context, socket_path: str | None) -> None:
     from .doors import worker as door
 
     config = obj.load()
-    log.configure("mailfilter/worker", config.log, stderr=False)
     try:
+        door.refuse_root()  # before the log file is opened: as root it would become root's
+        log.configure("mailfilter/worker", config.log, stderr=False)
         status = door.serve(config, socket_path)
     except door.WorkerError as exc:
         raise click.ClickException(str(exc)) from None

@@ -7,6 +7,7 @@ first. Message bodies are never logged.
 from __future__ import annotations
 
 import logging
+import logging.handlers
 import os
 import time
 
@@ -63,17 +64,24 @@ def configure(tag: str, config: LogConfig | None, stderr: bool) -> logging.Logge
     logger.propagate = False
     logger.setLevel((config.level if config else "info").upper())
     handlers: list[logging.Handler] = []
+    unwritable = None
+    if config and config.file:
+        try:
+            # Watched: a daemon reopens the file after logrotate moves it.
+            handlers.append(logging.handlers.WatchedFileHandler(config.file, encoding="utf-8"))
+            handlers[-1].setFormatter(PostfixFormatter(tag))
+        except OSError as exc:  # a log file must never keep mail from flowing: log to syslog instead
+            unwritable = f"cannot open [log] file {config.file}: {exc.strerror or exc}; logging to syslog"
     if stderr:
         handlers.append(logging.StreamHandler())
         handlers[-1].setFormatter(PostfixFormatter())
-    elif config is None or config.syslog:
+    elif config is None or config.syslog or unwritable:
         handlers.append(SyslogHandler(tag))
         handlers[-1].setFormatter(PostfixFormatter())
-    if config and config.file:
-        handlers.append(logging.FileHandler(config.file, encoding="utf-8"))
-        handlers[-1].setFormatter(PostfixFormatter(tag))
     for handler in handlers:
         logger.addHandler(handler)
+    if unwritable:
+        logger.warning("%s", unwritable)
     logging.captureWarnings(True)  # a library warning must not reach stderr under pipe(8)
     warnings_logger = logging.getLogger("py.warnings")
     warnings_logger.handlers = list(handlers)

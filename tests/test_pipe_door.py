@@ -224,3 +224,11 @@ def test_console_script_never_exits_with_a_bouncing_status(argv):
     assert proc.returncode == 75
     assert proc.stdout.decode().startswith("4.3.") and proc.stdout.decode().count("\n") == 1
     assert proc.stderr == b""
+
+
+def test_unwritable_log_file_does_not_stop_the_mail(make_config, sendmail, answers, tmp_path, capsys):
+    answers(HAM, CLEAN)
+    status, out = run_pipe(make_config(log={"file": str(tmp_path)}), corpus.clean())  # a folder: cannot be opened as a file
+    assert (status, out) == (0, "")
+    assert len(sendmail.calls) == 1
+    assert capsys.readouterr().err == ""  # nothing that pipe(8) would read

@@ -293,7 +293,8 @@ def test_bad_greeting_does_not_hurt_the_next_client(worker, answers, sendmail, t
         assert sock.recv(100) == b""
     assert hand_off(w.config_path, corpus.clean())[:2] == (0, None)
     assert len(sendmail.calls) == 1
-    assert "pipe client dropped before its message" in log_text(tmp_path)
+    # a bare connect-and-close is how a starting worker checks the socket is taken: not worth a warning
+    assert ("pipe client dropped before its message" in log_text(tmp_path)) is (greeting != b"")
 
 
 def test_concurrent_client_processes_each_delivered_once(worker, answers, sendmail, tmp_path):

@@ -48,6 +48,10 @@ class WorkerError(Exception):
     """The worker cannot start."""
 
 
+class _Probe(Exception):
+    """A connection closed without a word."""
+
+
 class _Stop(BaseException):
     """Raised in the main thread by SIGTERM/SIGINT."""
 
@@ -142,6 +146,8 @@ class Worker:
 
     def _greeting(self, stream: BinaryIO) -> tuple[list[str], str, str]:
         line = stream.readline(64)
+        if not line:
+            raise _Probe
         size = line[len(PROTOCOL) + 1 : -1]
         if not line.startswith(PROTOCOL + b" ") or not line.endswith(b"\n") or not size.isdigit() or int(size) > HEADER_LIMIT:
             raise ValueError(f"not a {PROTOCOL.decode()} greeting: {line[:60]!r}")
@@ -178,6 +184,8 @@ class Worker:
                     conn.sendall(b"DECLINE " + reason.encode("ascii", "replace") + b"\n")
                     return
                 conn.sendall(b"GO\n")
+            except _Probe:
+                return  # connected and hung up: a worker starting on this socket checks that it is taken
             except (OSError, ValueError, KeyError, TypeError) as exc:
                 LOG.warning("pipe client dropped before its message: %s", exc)
                 return
@@ -253,13 +261,17 @@ def preload() -> None:
     from ..scanners import clamd, clamscan, spamd  # noqa: F401
 
 
+def refuse_root() -> None:
+    if os.geteuid() == 0:
+        raise WorkerError("refusing to run as root: run it as the user in pipe(8)'s user= (systemd/mailfilter-worker.service)")
+
+
 def serve(config: Config, path: str | None = None) -> int:
     """Run until SIGTERM/SIGINT, then let messages in flight finish (up to [pipe] deadline)."""
     path = path or config.pipe.worker
     if not path:
         raise WorkerError("no socket: [pipe] worker is '' (set it, or pass --socket)")
-    if os.geteuid() == 0:
-        raise WorkerError("refusing to run as root: run it as the user in pipe(8)'s user= (systemd/mailfilter-worker.service)")
+    refuse_root()
     preload()
     worker = Worker(config)
 
