@@ -47,13 +47,24 @@ def test_unit_writes_only_where_it_must():
     assert values["Type"] == ["notify"] and values["ProtectSystem"] == ["strict"] and values["NoNewPrivileges"] == ["yes"]
     assert values["PrivateTmp"] == ["yes"] and values["User"] == ["mailfilter"]
     writable = values["ReadWritePaths"][0].split()
-    assert sorted(writable) == ["/run/mailfilter", "/var/lib/mailfilter", "/var/spool/postfix/maildrop", "/var/spool/postfix/public"]
+    assert sorted(writable) == [
+        "-/var/spool/postfix/mailfilter",  # the socket folder inside Postfix's chroot, when used
+        "/run/mailfilter",
+        "/var/lib/mailfilter",
+        "/var/spool/postfix/maildrop",
+        "/var/spool/postfix/public",
+    ]
 
 
 def test_tmpfiles_make_private_folders():
     rows = [line.split() for line in (ROOT / "systemd" / "mailfilter-tmpfiles.conf").read_text().splitlines() if line.startswith("d ")]
     modes = {path: mode for _, path, mode, *_ in rows}
-    assert modes == {"/run/mailfilter": "0750", "/var/lib/mailfilter": "0700", "/var/lib/mailfilter/quarantine": "0700"}
+    assert modes == {
+        "/run/mailfilter": "0750",
+        "/var/lib/mailfilter": "0700",
+        "/var/lib/mailfilter/quarantine": "0700",
+        "/var/spool/postfix/mailfilter": "0750",
+    }
     assert all(row[3] == "mailfilter" for row in rows)
 
 
