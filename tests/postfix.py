@@ -430,6 +430,25 @@ def sources_digest() -> str:
     return digest.hexdigest()
 
 
+def filter_sections(
+    folder: Path, spamd: tuple[str, int], clamd_socket: str, timeout: float, log_name: str = "mailfilter.log"
+) -> dict[str, dict]:
+    """The mailfilter config every filter of these tests starts from: the scanners (with TIMEOUT), and the
+    quarantine, state, journal and log in FOLDER; admin reports to admin@example.net. Callers add their door's."""
+    return {
+        "spamd": {"host": spamd[0], "port": spamd[1], "timeout": timeout},
+        "clamd": {"socket": clamd_socket, "timeout": timeout},
+        "quarantine": {"dir": str(folder / "quarantine")},
+        "report": {
+            "admin": "admin@example.net",
+            "sender": "mailfilter@example.net",
+            "state_dir": str(folder / "state"),
+            "journal_dir": str(folder / "journal"),
+        },
+        "log": {"syslog": False, "file": str(folder / log_name)},
+    }
+
+
 def filter_venv(venv: Path = VENV) -> Path:
     """A virtualenv with mailfilter installed (copied, not editable) that the pipe user can run; return its `mailfilter`.
 

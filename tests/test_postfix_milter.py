@@ -17,7 +17,7 @@ import corpus
 import daemons as harness
 from conftest import quarantined, write_config
 from milterproc import USER, MilterProcess
-from postfix import PostfixInstance, free_port, requires_root
+from postfix import PostfixInstance, filter_sections, free_port, requires_root
 
 pytestmark = [pytest.mark.postfix, pytest.mark.daemons, requires_root]
 SENDER, RECIPIENT, ADMIN = "alice@example.org", "bob@example.net", "admin@example.net"
@@ -40,18 +40,11 @@ def wiring(daemons):
         config = write_config(
             folder / "milter.toml",
             {
-                "spamd": {"host": daemons["spamd_host"], "port": spamd_port or daemons["spamd_port"], "timeout": 30},
-                "clamd": {"socket": daemons["clamd_socket"], "timeout": 30},
-                "quarantine": {"dir": str(folder / "quarantine")},
-                "report": {
-                    "admin": ADMIN,
-                    "sender": "mailfilter@example.net",
-                    "state_dir": str(folder / "state"),
-                    "journal_dir": str(folder / "journal"),
-                },
+                **filter_sections(
+                    folder, (daemons["spamd_host"], spamd_port or daemons["spamd_port"]), daemons["clamd_socket"], 30, "milter.log"
+                ),
                 "metrics": {"listen": f"127.0.0.1:{metrics_port}" if metrics_port else ""},
                 "milter": {"socket": f"inet:{port}@127.0.0.1", "tmpdir": str(folder), "user": f"{USER}:postdrop", **milter_config},
-                "log": {"syslog": False, "file": str(folder / "milter.log")},
             },
         )
         # MAIL_CONFIG: the milter's admin reports go through this instance's sendmail, whose

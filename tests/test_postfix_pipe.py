@@ -17,7 +17,7 @@ import pytest
 import corpus
 import daemons as harness
 from conftest import mode, write_config
-from postfix import PIPE_ARGS, Delivery, PostfixInstance, filter_venv, requires_root
+from postfix import PIPE_ARGS, Delivery, PostfixInstance, filter_sections, filter_venv, requires_root
 
 pytestmark = [pytest.mark.postfix, pytest.mark.daemons, requires_root]
 SENDER, RECIPIENT, ADMIN = "alice@example.org", "bob@example.net", "admin@example.net"
@@ -28,22 +28,9 @@ def postfix(daemons):
     """A started content_filter instance whose filter talks to the real daemons."""
     with PostfixInstance() as instance:
         folder = instance.filter_dir  # the pipe user's: it creates the quarantine, state and log in it
-        config = write_config(
-            folder / "mailfilter.toml",
-            {
-                # Well below the harness's waits (30 s), so that a scanner that hangs shows in the maillog as a deferral.
-                "spamd": {"host": daemons["spamd_host"], "port": daemons["spamd_port"], "timeout": 10},
-                "clamd": {"socket": daemons["clamd_socket"], "timeout": 10},
-                "quarantine": {"dir": str(folder / "quarantine")},
-                "report": {
-                    "admin": ADMIN,
-                    "sender": "mailfilter@example.net",
-                    "state_dir": str(folder / "state"),
-                    "journal_dir": str(folder / "journal"),
-                },
-                "log": {"syslog": False, "file": str(folder / "mailfilter.log")},
-            },
-        )
+        # Timeouts well below the harness's waits (30 s), so that a scanner that hangs shows in the maillog as a deferral.
+        sections = filter_sections(folder, (daemons["spamd_host"], daemons["spamd_port"]), daemons["clamd_socket"], timeout=10)
+        config = write_config(folder / "mailfilter.toml", sections)
         # allow_min_user: smtpd refuses addresses that begin with '-' unless told otherwise.
         instance.start("content_filter", argv=[str(filter_venv()), *PIPE_ARGS], config=config, allow_min_user="yes")
         yield instance

@@ -36,7 +36,7 @@ from faults.rigs import HoldingSpamd
 
 import corpus
 from conftest import Sendmail, mode, quarantined, write_config
-from postfix import PIPE_ARGS, PostfixInstance, filter_venv, requires_root
+from postfix import PIPE_ARGS, PostfixInstance, filter_sections, filter_venv, requires_root
 
 pytestmark = [pytest.mark.daemons, requires_root]
 
@@ -408,22 +408,8 @@ def postfix(daemons, mailfilter):
     """A content_filter Postfix whose pipe(8) runs `mailfilter pipe` as USER:postdrop with a config that names a worker socket."""
     with PostfixInstance() as instance:
         folder = instance.filter_dir
-        config = write_config(
-            folder / "mailfilter.toml",
-            {
-                "spamd": {"host": daemons["spamd_host"], "port": daemons["spamd_port"], "timeout": 30},
-                "clamd": {"socket": daemons["clamd_socket"], "timeout": 30},
-                "quarantine": {"dir": str(folder / "quarantine")},
-                "report": {
-                    "admin": ADMIN,
-                    "sender": "mailfilter@example.net",
-                    "state_dir": str(folder / "state"),
-                    "journal_dir": str(folder / "journal"),
-                },
-                "pipe": {"worker": str(folder / "run" / "worker.sock")},
-                "log": {"syslog": False, "file": str(folder / "mailfilter.log")},
-            },
-        )
+        sections = filter_sections(folder, (daemons["spamd_host"], daemons["spamd_port"]), daemons["clamd_socket"], 30)
+        config = write_config(folder / "mailfilter.toml", {**sections, "pipe": {"worker": str(folder / "run" / "worker.sock")}})
         instance.start("content_filter", argv=[str(mailfilter), *PIPE_ARGS], config=config)
         yield instance
 

@@ -11,10 +11,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from .chaos import Milter
-from .load import ADMIN
 from conftest import ROOT, write_config
 from milterproc import USER
-from postfix import PIPE_ARGS, PostfixInstance, filter_venv, free_port, kill_strays
+from postfix import PIPE_ARGS, PostfixInstance, filter_sections, filter_venv, free_port, kill_strays
 
 SCANNER_TIMEOUT = 10  # [spamd]/[clamd] timeout
 DRAIN_SECONDS = 60.0  # flushing the queue until empty
@@ -24,19 +23,10 @@ def config_sections(folder: Path, addresses: tuple, sendmail: list[str]) -> dict
     """mailfilter's config for a filter whose files all live in FOLDER; ADDRESSES: (spamd host, spamd port, clamd socket)."""
     spamd_host, spamd_port, clamd_socket = addresses
     return {
-        "spamd": {"host": spamd_host, "port": spamd_port, "timeout": SCANNER_TIMEOUT},
-        "clamd": {"socket": clamd_socket, "timeout": SCANNER_TIMEOUT},
+        **filter_sections(folder, (spamd_host, spamd_port), clamd_socket, SCANNER_TIMEOUT),
         "delivery": {"sendmail": sendmail, "timeout": 60},
-        "quarantine": {"dir": str(folder / "quarantine")},
-        "report": {
-            "admin": ADMIN,
-            "sender": "mailfilter@example.net",
-            "state_dir": str(folder / "state"),
-            "journal_dir": str(folder / "journal"),
-        },
         "pipe": {"deadline": 120},
         "metrics": {"listen": ""},
-        "log": {"syslog": False, "file": str(folder / "mailfilter.log")},
     }
 
 
