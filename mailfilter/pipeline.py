@@ -3,14 +3,19 @@
 Both scanners run concurrently (spamd on the event loop, ClamAV in a worker
 thread), so a message costs about the slower of the two, not their sum. Each
 scanner has its own timeout; a scanner that overruns it is a ScanFailure, never
-a hang and never a clean result.
+a hang and never a clean result. A daemon scans through a Runner instead: the
+same contract in long-lived threads, at a fraction of the CPU per message.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextvars
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from . import policy
 from .config import Config
@@ -19,6 +24,8 @@ from .spool import Spool
 
 # Seconds the pipeline waits beyond a scanner's own timeout before it calls the scanner hung.
 BACKSTOP = 5.0
+# Scans of one scanner a Runner runs at once (threads are started as needed); more wait for a thread.
+SCANNER_THREADS = 32
 
 
 @dataclass(frozen=True)
@@ -28,11 +35,7 @@ class Outcome:
 
 
 async def _virus(message: Spool, config: Config) -> VirusOutcome:
-    if config.clamd.backend == "clamscan":
-        from .scanners import clamscan as backend
-    else:
-        from .scanners import clamd as backend
-    return await asyncio.to_thread(backend.scan, message, config.clamd)
+    return await asyncio.to_thread(_virus_backend(config).scan, message, config.clamd)
 
 
 async def _bounded(coro, timeout: float, scanner: str):
@@ -72,3 +75,79 @@ def run(message: Spool, config: Config) -> Outcome:
     """Scan MESSAGE and decide. Blocking; for callers without an event loop."""
     results = scan(message, config)
     return Outcome(results, policy.decide(results, config))
+
+
+class Runner:
+    """pipeline.run() for a daemon that scans many messages (the milter): in threads, without an event loop.
+
+    pipeline.run() costs over 1 ms of CPU per message beyond the scanners' own work: asyncio.run()
+    builds an event loop (selector, self-pipe) and a thread pool whose thread is started for ClamAV
+    and joined again, and spamd is spoken to through asyncio streams. A Runner keeps a bounded pool
+    of threads per scanner, so a hung spamd cannot starve ClamAV or the other way round; spamd gets
+    a blocking socket. The contract is scan_async()'s: both scanners at once, each within its own
+    timeout, one that overruns it by BACKSTOP a ScanFailure, never a hang. Threads are started as
+    needed, in the signal mask of the thread that needs them. run() is safe from any thread.
+    """
+
+    def __init__(self, threads: int = SCANNER_THREADS) -> None:
+        self._spamd = concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="mailfilter-spamd")
+        self._clamav = concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="mailfilter-clamav")
+
+    def scan(self, message: Spool, config: Config) -> ScanResults:
+        from .scanners import spamd
+
+        started = time.monotonic()
+        context = contextvars.copy_context()  # the caller's (the queue id) in both threads, as to_thread() does
+        if message.size > config.spamd.max_size:  # as spamc does: big messages are rarely spam
+            spam_scan = _done(SpamSkipped(f"message larger than {config.spamd.max_size} bytes"))
+        else:
+            # Read spamd's copy now, before the ClamAV thread starts streaming the same spool.
+            spam_scan = self._spamd.submit(context.run, _timed, started, spamd.scan_blocking, message.read(), config.spamd)
+        virus_scan = self._clamav.submit(context.copy().run, _timed, started, _virus_backend(config).scan, message, config.clamd)
+        spam, spam_seconds = _wait(spam_scan, started, config.spamd.timeout, SCANNER_SPAMD)
+        virus, virus_seconds = _wait(virus_scan, started, config.clamd.timeout, SCANNER_CLAMAV)
+        return ScanResults(spam, virus, spam_seconds, virus_seconds)
+
+    def run(self, message: Spool, config: Config) -> Outcome:
+        results = self.scan(message, config)
+        return Outcome(results, policy.decide(results, config))
+
+    def close(self) -> None:
+        """No new scans; scans not started yet are cancelled (their callers get an exception), running ones
+        end within their timeouts."""
+        for pool in (self._spamd, self._clamav):
+            pool.shutdown(wait=False, cancel_futures=True)
+
+    def __enter__(self) -> Runner:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _virus_backend(config: Config) -> Any:
+    if config.clamd.backend == "clamscan":
+        from .scanners import clamscan as backend
+    else:
+        from .scanners import clamd as backend
+    return backend
+
+
+def _timed(started: float, scan: Callable[..., Any], *args: Any) -> tuple[Any, float]:
+    """(outcome, seconds since STARTED), as _bounded counts them."""
+    return scan(*args), time.monotonic() - started
+
+
+def _done(outcome: Any) -> concurrent.futures.Future:
+    future: concurrent.futures.Future = concurrent.futures.Future()
+    future.set_result((outcome, 0.0))
+    return future
+
+
+def _wait(future: concurrent.futures.Future, started: float, timeout: float, scanner: str) -> tuple[Any, float]:
+    """_bounded() for a scan in a thread: its (outcome, seconds), or a timeout once it overruns by BACKSTOP."""
+    try:
+        return future.result(max(0.0, started + timeout + BACKSTOP - time.monotonic()))
+    except concurrent.futures.TimeoutError:
+        future.cancel()  # never started (all threads busy): it never will; running: it ends at its own deadline
+        return ScanFailure(scanner, Cause.TIMEOUT, f"no answer within {timeout:g} s"), time.monotonic() - started

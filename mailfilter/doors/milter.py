@@ -103,6 +103,7 @@ class MailfilterMilter(Milter.Base):
     config: Config
     in_flight: InFlight
     tally: metrics.Tally
+    runner: pipeline.Runner | None = None  # serve() gives one; without it, pipeline.run (an event loop per message)
 
     def __init__(self) -> None:
         self.spool: Spool | None = None
@@ -189,7 +190,7 @@ class MailfilterMilter(Milter.Base):
             raise RuntimeError("end of message without a message")
         envelope = Envelope(self.sender, tuple(self.recipients), QUEUE_ID.get())
         try:
-            outcome = pipeline.run(spool, self.config)
+            outcome = self.runner.run(spool, self.config) if self.runner else pipeline.run(spool, self.config)
             return self.act(envelope, spool, outcome)
         finally:
             self.end_message()
@@ -398,13 +399,19 @@ def serve(config: Config, socket_spec: str | None = None) -> int:
         except OSError as exc:
             raise ServeError(f"cannot serve metrics on {config.metrics.listen}: {exc.strerror or exc}") from None
         DAEMON_LOG.info("metrics on http://%s/metrics", config.metrics.listen)
-    notify("READY=1")
+    # The scanners' threads, for every message: started as needed from libmilter's threads, so with
+    # the signals above blocked. They outlive libmilter.main(): messages in flight finish with them.
+    handler.runner = runner = pipeline.Runner()
     try:
-        libmilter.main()  # returns after SIGTERM/SIGINT/SIGHUP (libmilter's signal thread)
-    except libmilter.error as exc:  # libmilter's listener can end in failure while stopping
-        DAEMON_LOG.warning("milter main loop ended: %s", exc)
-    notify("STOPPING=1")
-    DAEMON_LOG.info("stopping: %d message(s) in flight", in_flight.count)
-    if not in_flight.wait_idle(config.milter.grace):
-        DAEMON_LOG.warning("stopping with %d message(s) still in flight: Postfix applies milter_default_action", in_flight.count)
+        notify("READY=1")
+        try:
+            libmilter.main()  # returns after SIGTERM/SIGINT/SIGHUP (libmilter's signal thread)
+        except libmilter.error as exc:  # libmilter's listener can end in failure while stopping
+            DAEMON_LOG.warning("milter main loop ended: %s", exc)
+        notify("STOPPING=1")
+        DAEMON_LOG.info("stopping: %d message(s) in flight", in_flight.count)
+        if not in_flight.wait_idle(config.milter.grace):
+            DAEMON_LOG.warning("stopping with %d message(s) still in flight: Postfix applies milter_default_action", in_flight.count)
+    finally:
+        runner.close()
     return 0

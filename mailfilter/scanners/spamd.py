@@ -1,9 +1,22 @@
-"""SpamAssassin through spamd (aiospamc's client, the SYMBOLS command)."""
+"""SpamAssassin through spamd: the SYMBOLS command, aiospamc's request and response, our own connection.
+
+Two transports for the same exchange: scan() on an event loop (pipeline.scan_async) and
+scan_blocking() for a thread (the milter's pipeline.Runner). aiospamc's own Client and
+connection managers are not used: they wrap every request in three nested wait_for() (a task
+each), call loguru and build objects per request, which cost more CPU than the exchange
+itself, and they leave the socket open when a request times out or is cancelled.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import socket
+import time
+
 from ..config import SpamdConfig
 from ..model import SCANNER_SPAMD, Cause, ScanFailure, SpamOutcome, SpamReport
+
+CHUNK = 64 * 1024
 
 
 def _quiet_aiospamc() -> None:
@@ -14,62 +27,153 @@ def _quiet_aiospamc() -> None:
     logger.disable("aiospamc")
 
 
-def _client(config: SpamdConfig):
-    """An aiospamc Client whose connection is closed on every path.
-
-    aiospamc's own connection managers leave the socket open when a request
-    times out or is cancelled (a file-descriptor leak in a long-lived daemon);
-    the subclass closes the writer in a finally.
-    """
-    from aiospamc.client import Client
-    from aiospamc.connections import TcpConnectionManager, Timeout, UnixConnectionManager
-
-    class Closing:
-        async def _send(self, data: bytes) -> bytes:
-            reader, writer = await self._connect()  # type: ignore[attr-defined]
-            try:
-                writer.write(data)
-                if writer.can_write_eof():
-                    writer.write_eof()
-                await writer.drain()
-                return await self._receive(reader)  # type: ignore[attr-defined]
-            finally:
-                writer.close()
-
-    class Unix(Closing, UnixConnectionManager):
-        pass
-
-    class Tcp(Closing, TcpConnectionManager):
-        pass
-
-    timeout = Timeout(total=config.timeout, connection=config.timeout, response=config.timeout)
-    manager = Unix(config.socket, timeout=timeout) if config.socket else Tcp(config.host, config.port, timeout=timeout)
-    return Client(manager)
-
-
 async def scan(message: bytes, config: SpamdConfig) -> SpamOutcome:
-    from aiospamc.exceptions import AIOSpamcConnectionFailed, ClientException, TimeoutException
-    from aiospamc.requests import Request
-    from aiospamc.responses import ResponseException
-
+    """On an event loop: one deadline ([spamd] timeout) for connecting, sending and reading the answer."""
     _quiet_aiospamc()
     try:
-        response = await _client(config).request(Request("SYMBOLS", body=message))
-    except AIOSpamcConnectionFailed as exc:
-        return ScanFailure(SCANNER_SPAMD, Cause.UNAVAILABLE, _text(exc) or "cannot connect")
-    except (TimeoutError, TimeoutException):
-        return ScanFailure(SCANNER_SPAMD, Cause.TIMEOUT, f"no answer within {config.timeout:g} s")
-    except (ClientException, ResponseException) as exc:
-        return ScanFailure(SCANNER_SPAMD, Cause.ERROR, _text(exc) or type(exc).__name__)
-    except OSError as exc:
-        return ScanFailure(SCANNER_SPAMD, Cause.UNAVAILABLE, exc.strerror or str(exc))
+        async with asyncio.timeout(config.timeout):
+            answer = await _exchange(_request(message), config)
+        return _report(answer)
+    except _errors() as exc:
+        return _failure(exc, config)
 
+
+def scan_blocking(message: bytes, config: SpamdConfig) -> SpamOutcome:
+    """scan() for a thread: a blocking socket that keeps one deadline for the whole exchange."""
+    _quiet_aiospamc()
+    try:
+        return _report(_exchange_blocking(_request(message), config, time.monotonic() + config.timeout))
+    except _errors() as exc:
+        return _failure(exc, config)
+
+
+async def _exchange(request: bytes, config: SpamdConfig) -> bytes:
+    """Send REQUEST on a new connection and read the answer to its end; the connection is closed on every path."""
+    try:
+        if config.socket:
+            reader, writer = await asyncio.open_unix_connection(config.socket)
+        else:
+            reader, writer = await asyncio.open_connection(config.host, config.port)
+    except OSError as error:
+        raise _connection_failed() from error
+    try:
+        writer.write(request)
+        if writer.can_write_eof():
+            writer.write_eof()
+        await writer.drain()
+        return await reader.read()
+    finally:
+        writer.close()
+
+
+def _exchange_blocking(request: bytes, config: SpamdConfig, deadline: float) -> bytes:
+    """_exchange() with a blocking socket; every call on it fails once DEADLINE has passed."""
+    try:
+        sock = _connect_blocking(config, deadline)
+    except TimeoutError:
+        raise
+    except OSError as error:
+        raise _connection_failed() from error
+    with sock:
+        _arm(sock, deadline)
+        sock.sendall(request)
+        sock.shutdown(socket.SHUT_WR)
+        chunks = []
+        while True:
+            _arm(sock, deadline)
+            chunk = sock.recv(CHUNK)
+            if not chunk:
+                return b"".join(chunks)
+            chunks.append(chunk)
+
+
+def _connect_blocking(config: SpamdConfig, deadline: float) -> socket.socket:
+    """A connected socket, tried address by address as asyncio's open_connection() does, with its error texts."""
+    if config.socket:
+        targets = [(socket.AF_UNIX, config.socket)]
+    else:
+        targets = [(family, address) for family, _, _, _, address in socket.getaddrinfo(config.host, config.port, type=socket.SOCK_STREAM)]
+    errors: list[OSError] = []
+    for family, address in targets:
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            _arm(sock, deadline)
+            sock.connect(address)
+            return sock
+        except TimeoutError:
+            sock.close()
+            raise
+        except OSError as exc:
+            sock.close()
+            errors.append(exc if family == socket.AF_UNIX else OSError(exc.errno, f"Connect call failed {address}"))
+        except BaseException:
+            sock.close()
+            raise
+    if not errors:
+        raise OSError("getaddrinfo() returned empty list")
+    if len({str(exc) for exc in errors}) == 1:
+        raise errors[0]
+    raise OSError("Multiple exceptions: {}".format(", ".join(str(exc) for exc in errors)))
+
+
+def _arm(sock: socket.socket, deadline: float) -> None:
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise TimeoutError("spamd deadline passed")
+    sock.settimeout(left)
+
+
+def _connection_failed() -> Exception:
+    """What aiospamc's connection managers raise when they cannot connect (its cause is the OSError)."""
+    from aiospamc.exceptions import AIOSpamcConnectionFailed
+
+    return AIOSpamcConnectionFailed()
+
+
+def _request(message: bytes) -> bytes:
+    from aiospamc.requests import Request
+
+    return bytes(Request("SYMBOLS", body=message))
+
+
+def _report(answer: bytes) -> SpamOutcome:
+    """spamd's ANSWER read as aiospamc's Client reads it: BadResponse when unreadable, a ResponseException unless EX_OK."""
+    from aiospamc.exceptions import BadResponse
+    from aiospamc.incremental_parser import ParseError, ResponseParser
+    from aiospamc.responses import Response
+
+    try:
+        parsed = ResponseParser().parse(answer)
+    except ParseError as error:
+        raise BadResponse(answer) from error
+    response = Response(**parsed)
+    response.raise_for_status()
     spam = response.headers.get("Spam")
     if spam is None:
         return ScanFailure(SCANNER_SPAMD, Cause.ERROR, "answer without a Spam header")
     body = response.body.decode("ascii", "replace").strip()
     tests = tuple(t for t in body.split(",") if t)
     return SpamReport(score=float(spam.score), threshold=float(spam.threshold), tests=tests)
+
+
+def _errors() -> tuple[type[BaseException], ...]:
+    """What talking to spamd can raise: aiospamc's two exception families, timeouts and OSError."""
+    from aiospamc.exceptions import ClientException, TimeoutException
+    from aiospamc.responses import ResponseException
+
+    return ClientException, ResponseException, TimeoutException, OSError
+
+
+def _failure(exc: BaseException, config: SpamdConfig) -> ScanFailure:
+    from aiospamc.exceptions import AIOSpamcConnectionFailed, TimeoutException
+
+    if isinstance(exc, AIOSpamcConnectionFailed):
+        return ScanFailure(SCANNER_SPAMD, Cause.UNAVAILABLE, _text(exc) or "cannot connect")
+    if isinstance(exc, TimeoutError | TimeoutException):
+        return ScanFailure(SCANNER_SPAMD, Cause.TIMEOUT, f"no answer within {config.timeout:g} s")
+    if isinstance(exc, OSError):
+        return ScanFailure(SCANNER_SPAMD, Cause.UNAVAILABLE, exc.strerror or str(exc))
+    return ScanFailure(SCANNER_SPAMD, Cause.ERROR, _text(exc) or type(exc).__name__)
 
 
 def _text(exc: BaseException) -> str:
