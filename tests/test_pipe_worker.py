@@ -47,7 +47,8 @@ def answers(monkeypatch):
             time.sleep(delay)
             return ScanResults(spam, virus)
 
-        monkeypatch.setattr(pipeline, "scan", scan)
+        monkeypatch.setattr(pipeline, "scan", scan)  # a pipe process
+        monkeypatch.setattr(pipeline.Runner, "scan", lambda runner, spool, config: scan(spool, config))  # the worker
 
     return set_answers
 
@@ -64,6 +65,7 @@ class Running:
             self.listener.shutdown(socket.SHUT_RDWR)  # wakes accept()
             self.listener.close()
             self.thread.join(10)
+            self.worker.runner.close()
 
     def idle(self) -> None:
         assert self.worker.in_flight.wait_idle(10)

@@ -22,7 +22,6 @@ import logging
 import os
 import signal
 import socket
-import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -33,6 +32,7 @@ import Milter
 from .. import journal, log, message, metrics, pipeline
 from ..actions import quarantine, report
 from ..config import Config
+from ..daemon import InFlight, notify
 from ..model import Decision, Envelope, ScanResults, Verdict, VirusReport
 from ..spool import Spool
 
@@ -51,31 +51,6 @@ class QueueIdAdapter(logging.LoggerAdapter):
 
 LOG = QueueIdAdapter(logging.getLogger(log.LOGGER), {})  # lines about one message
 DAEMON_LOG = logging.getLogger(log.LOGGER)  # lines about the daemon
-
-
-class InFlight:
-    """Messages between MAIL FROM and their end, so SIGTERM can let them finish."""
-
-    def __init__(self) -> None:
-        self._count = 0
-        self._cond = threading.Condition()
-
-    def enter(self) -> None:
-        with self._cond:
-            self._count += 1
-
-    def leave(self) -> None:
-        with self._cond:
-            self._count -= 1
-            self._cond.notify_all()
-
-    @property
-    def count(self) -> int:
-        return self._count
-
-    def wait_idle(self, timeout: float) -> bool:
-        with self._cond:
-            return self._cond.wait_for(lambda: self._count == 0, timeout)
 
 
 def _boundary(method: Callable[..., int]) -> Callable[..., int]:
@@ -298,19 +273,6 @@ def _milter_action(decision: Decision, config: Config) -> str:
 
 class ServeError(Exception):
     """The milter could not start (bad socket, address in use...)."""
-
-
-def notify(state: str, environ: dict[str, str] | None = None) -> bool:
-    """sd_notify(3) without libsystemd: one datagram to $NOTIFY_SOCKET, if systemd gave us one."""
-    path = (environ if environ is not None else os.environ).get("NOTIFY_SOCKET", "")
-    if not path:
-        return False
-    if path.startswith("@"):
-        path = "\0" + path[1:]  # abstract namespace
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-        sock.connect(path)
-        sock.sendall(state.encode("ascii"))
-    return True
 
 
 def _register(milter_module: Any) -> None:

@@ -174,13 +174,14 @@ def handle(
     config=None,
     environ: Mapping[str, str] | None = None,
     still_wanted: Callable[[], bool] | None = None,
+    runner=None,
 ) -> tuple[int, str | None]:
     """Parse the arguments, filter the message on STDIN, act; return the exit status and the line to print.
 
     Shared by both halves of `pipe`. In this process (CONFIG None) the config is loaded
     from the arguments and the SIGALRM deadline is re-armed from [pipe] deadline; the
-    worker passes the config it serves and the client keeps the deadline. Every
-    exception becomes a deferral here.
+    worker passes the config it serves and its pipeline.Runner, and the client keeps
+    the deadline. Every exception becomes a deferral here.
     """
     in_process = config is None
     deadline = DEFAULT_DEADLINE if config is None else config.pipe.deadline
@@ -201,7 +202,7 @@ def handle(
 
         with Spool() as spool:
             spool.fill(stdin)
-            return filter_message(args.envelope, spool, config, logger, started, still_wanted)
+            return filter_message(args.envelope, spool, config, logger, started, still_wanted, runner)
     except HelpRequested:
         return EX_OK, HELP.rstrip("\n")
     except BaseException as exc:  # noqa: BLE001 - the one boundary: everything becomes a deferral
@@ -219,7 +220,13 @@ def handle(
 
 
 def filter_message(
-    envelope: Envelope, spool: Spool, config, logger: logging.Logger, started: float, still_wanted: Callable[[], bool] | None = None
+    envelope: Envelope,
+    spool: Spool,
+    config,
+    logger: logging.Logger,
+    started: float,
+    still_wanted: Callable[[], bool] | None = None,
+    runner=None,
 ) -> tuple[int, str | None]:
     """Scan, decide, act. Returns the exit status and the status line to print (None on success).
 
@@ -231,7 +238,7 @@ def filter_message(
     from ..log import summary
     from ..model import Action
 
-    outcome = pipeline.run(spool, config)
+    outcome = runner.run(spool, config) if runner else pipeline.run(spool, config)
     if still_wanted is not None and not still_wanted():
         raise ClientGone
     decision = outcome.decision

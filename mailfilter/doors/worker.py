@@ -32,9 +32,10 @@ import threading
 import time
 from typing import BinaryIO
 
+from .. import pipeline
 from ..config import Config
+from ..daemon import InFlight, notify
 from ..paths import CONFIG_PATH
-from ..sdnotify import notify
 from . import pipe
 from .pipeclient import PROTOCOL
 
@@ -115,33 +116,13 @@ def peer_uid(conn: socket.socket) -> int:
     return uid
 
 
-class InFlight:
-    """Messages being filtered, so a stop can let them finish."""
-
-    def __init__(self) -> None:
-        self.count = 0
-        self._cond = threading.Condition()
-
-    def __enter__(self) -> None:
-        with self._cond:
-            self.count += 1
-
-    def __exit__(self, *exc: object) -> None:
-        with self._cond:
-            self.count -= 1
-            self._cond.notify_all()
-
-    def wait_idle(self, timeout: float) -> bool:
-        with self._cond:
-            return self._cond.wait_for(lambda: self.count == 0, timeout)
-
-
 class Worker:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.serves = os.path.realpath(CONFIG_PATH if config.source == "(defaults)" else config.source)
         self.postfix = postfix_instance(os.environ.get("MAIL_CONFIG", ""))
         self.in_flight = InFlight()
+        self.runner = pipeline.Runner()  # scanner threads kept for every message (no event loop per message)
         self.stopping = False
 
     def _greeting(self, stream: BinaryIO) -> tuple[list[str], str, str]:
@@ -190,7 +171,9 @@ class Worker:
                 LOG.warning("pipe client dropped before its message: %s", exc)
                 return
             message = ChunkReader(stream)
-            status, line = pipe.handle(argv, message, started, config=self.config, still_wanted=lambda: still_connected(conn))
+            status, line = pipe.handle(
+                argv, message, started, config=self.config, still_wanted=lambda: still_connected(conn), runner=self.runner
+            )
             text = (line or "").encode("utf-8", "replace")
             try:
                 message.drain()
@@ -300,4 +283,5 @@ def serve(config: Config, path: str | None = None) -> int:
     LOG.info("pipe worker stopping: %d message(s) in flight", worker.in_flight.count)
     if not worker.in_flight.wait_idle(config.pipe.deadline):
         LOG.warning("pipe worker stopping with %d message(s) in flight: their clients defer them", worker.in_flight.count)
+    worker.runner.close()
     return 0
