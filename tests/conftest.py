@@ -146,3 +146,70 @@ def quarantined(folder: Path) -> list[tuple[dict, bytes]]:
 
 def mode(path: Path) -> int:
     return os.stat(path).st_mode & 0o777
+
+
+@pytest.fixture
+def milter_runner():
+    """The pipeline.Runner that run_milter's milter scans with (None: pipeline.run); a test module may override it."""
+    return None
+
+
+@pytest.fixture
+def run_milter(tmp_path, sendmail, milter_runner):
+    """run_milter(raw, **config sections) -> (milter status, ctx, in-flight counter): the milter door through
+    pymilter's TestCtx (no socket, no MTA), queue id 4F2A1C, from alice@example.org to bob@example.net."""
+    import Milter
+    from Milter import testctx
+
+    from mailfilter import config as configmod
+    from mailfilter import metrics
+    from mailfilter.doors import milter
+
+    class Ctx(testctx.TestCtx):
+        """TestCtx that records milter quarantine (hold) instead of refusing it."""
+
+        def __init__(self):
+            super().__init__()
+            self.held = None
+
+        def quarantine(self, reason):
+            self.held = reason
+
+    def run(raw, **sections):
+        base = {
+            "delivery": {"sendmail": sendmail.argv()},
+            "quarantine": {"dir": str(tmp_path / "quarantine")},
+            "report": {"admin": "admin@example.net", "state_dir": str(tmp_path / "state"), "journal_dir": str(tmp_path / "journal")},
+            "milter": {"tmpdir": str(tmp_path)},
+        }
+        for name, table in sections.items():
+            base.setdefault(name, {}).update(table)
+        in_flight = milter.InFlight()
+        attributes = {"config": configmod.from_dict(base), "in_flight": in_flight, "tally": metrics.Tally(), "runner": milter_runner}
+        Milter.factory = type("M", (milter.MailfilterMilter,), attributes)
+        ctx = Ctx()
+        ctx._setsymval("i", "4F2A1C")
+        assert ctx._connect() == Milter.CONTINUE
+        status = ctx._feedFile(io.BytesIO(raw), "alice@example.org", "bob@example.net")
+        ctx._close()
+        return status, ctx, in_flight
+
+    return run
+
+
+@pytest.fixture
+def live(daemons):
+    """live(**config sections) -> a Config that scans with the real spamd and clamd."""
+
+    def make(**sections):
+        from mailfilter import config as configmod
+
+        base = {
+            "spamd": {"host": daemons["spamd_host"], "port": daemons["spamd_port"], "timeout": 30},
+            "clamd": {"socket": daemons["clamd_socket"], "timeout": 30},
+        }
+        for name, table in sections.items():
+            base.setdefault(name, {}).update(table)
+        return configmod.from_dict(base)
+
+    return make

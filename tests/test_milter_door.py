@@ -1,14 +1,10 @@
 """The milter door through pymilter's TestCtx (no socket, no MTA): the translation from verdict to milter actions."""
 
-import io
-
 import Milter
 import pytest
-from Milter import testctx
 
 from mailfilter import config as configmod
-from mailfilter import metrics, pipeline
-from mailfilter.doors import milter
+from mailfilter import pipeline
 from mailfilter.model import Cause, ScanFailure, ScanResults, SpamReport, VirusReport
 
 import corpus
@@ -20,50 +16,12 @@ EICAR = VirusReport(("Eicar-Test-Signature",), 1)
 CLAM_DOWN = ScanFailure("clamav", Cause.UNAVAILABLE, "Could not reach clamd")
 
 
-class Ctx(testctx.TestCtx):
-    """TestCtx that records milter quarantine (hold) instead of refusing it."""
-
-    def __init__(self):
-        super().__init__()
-        self.held = None
-
-    def quarantine(self, reason):
-        self.held = reason
-
-
 @pytest.fixture
 def answers(monkeypatch):
     def set_answers(spam, virus):
         monkeypatch.setattr(pipeline, "scan", lambda spool, config: ScanResults(spam, virus))
 
     return set_answers
-
-
-@pytest.fixture
-def run_milter(tmp_path, sendmail):
-    """run_milter(raw, **config sections) -> (milter status, ctx, in-flight counter)."""
-
-    def run(raw, **sections):
-        base = {
-            "delivery": {"sendmail": sendmail.argv()},
-            "quarantine": {"dir": str(tmp_path / "quarantine")},
-            "report": {"admin": "admin@example.net", "state_dir": str(tmp_path / "state"), "journal_dir": str(tmp_path / "journal")},
-            "milter": {"tmpdir": str(tmp_path)},
-        }
-        for name, table in sections.items():
-            base.setdefault(name, {}).update(table)
-        config = configmod.from_dict(base)
-        in_flight = milter.InFlight()
-        attributes = {"config": config, "in_flight": in_flight, "tally": metrics.Tally()}
-        Milter.factory = type("M", (milter.MailfilterMilter,), attributes)
-        ctx = Ctx()
-        ctx._setsymval("i", "4F2A1C")
-        assert ctx._connect() == Milter.CONTINUE
-        status = ctx._feedFile(io.BytesIO(raw), "alice@example.org", "bob@example.net")
-        ctx._close()
-        return status, ctx, in_flight
-
-    return run
 
 
 def added_headers(ctx):

@@ -5,17 +5,15 @@ texts as the event-loop path, safe from many threads at once, and any exception 
 still a 451 tempfail.
 """
 
-import io
 import socket
 import threading
 import time
 
 import Milter
 import pytest
-from Milter import testctx
 
 from mailfilter import config as configmod
-from mailfilter import metrics, pipeline
+from mailfilter import pipeline
 from mailfilter.doors import milter
 from mailfilter.model import Cause, ScanFailure, SpamReport, SpamSkipped, Verdict, VirusReport
 from mailfilter.scanners import spamd
@@ -213,33 +211,9 @@ def test_spamd_blocking_closes_its_socket_on_a_timeout(fake_spamd):
 # --- the milter with a Runner ---------------------------------------------------------------------
 
 
-class Ctx(testctx.TestCtx):
-    def quarantine(self, reason):
-        self.held = reason
-
-
 @pytest.fixture
-def run_milter(tmp_path, sendmail, runner):
-    def run(raw, **sections):
-        base = {
-            "delivery": {"sendmail": sendmail.argv()},
-            "quarantine": {"dir": str(tmp_path / "quarantine")},
-            "report": {"admin": "", "state_dir": str(tmp_path / "state"), "journal_dir": str(tmp_path / "journal")},
-            "milter": {"tmpdir": str(tmp_path)},
-        }
-        for name, table in sections.items():
-            base.setdefault(name, {}).update(table)
-        in_flight = milter.InFlight()
-        attributes = {"config": configmod.from_dict(base), "in_flight": in_flight, "tally": metrics.Tally(), "runner": runner}
-        Milter.factory = type("M", (milter.MailfilterMilter,), attributes)
-        ctx = Ctx()
-        ctx._setsymval("i", "4F2A1C")
-        assert ctx._connect() == Milter.CONTINUE
-        status = ctx._feedFile(io.BytesIO(raw), "alice@example.org", "bob@example.net")
-        ctx._close()
-        return status, ctx, in_flight
-
-    return run
+def milter_runner(runner):
+    return runner
 
 
 @pytest.mark.parametrize("exc", [RuntimeError("bug"), MemoryError(), TimeoutError("stuck")])
@@ -259,20 +233,6 @@ def test_scanners_down_through_the_runner_is_451(run_milter, tmp_path):
 
 
 # --- against the real daemons ----------------------------------------------------------------------
-
-
-@pytest.fixture
-def live(daemons):
-    def make(**sections):
-        base = {
-            "spamd": {"host": daemons["spamd_host"], "port": daemons["spamd_port"], "timeout": 30},
-            "clamd": {"socket": daemons["clamd_socket"], "timeout": 30},
-        }
-        for name, table in sections.items():
-            base.setdefault(name, {}).update(table)
-        return configmod.from_dict(base)
-
-    return make
 
 
 @pytest.mark.daemons

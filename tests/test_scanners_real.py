@@ -6,7 +6,6 @@ import threading
 
 import pytest
 
-from mailfilter import config as configmod
 from mailfilter.model import Action, Cause, ScanFailure, SpamReport, SpamSkipped, Verdict
 
 import corpus
@@ -14,20 +13,6 @@ from conftest import ROOT, run_bytes
 
 pytestmark = pytest.mark.daemons
 SIGNATURES = str(ROOT / "tests" / "signatures")
-
-
-@pytest.fixture
-def live(daemons):
-    def make(**sections):
-        base = {
-            "spamd": {"host": daemons["spamd_host"], "port": daemons["spamd_port"], "timeout": 30},
-            "clamd": {"socket": daemons["clamd_socket"], "timeout": 30},
-        }
-        for name, table in sections.items():
-            base.setdefault(name, {}).update(table)
-        return configmod.from_dict(base)
-
-    return make
 
 
 EXPECTED = [
