@@ -1,6 +1,7 @@
 """The pipeline against the real spamd and clamd (and the real clamscan)."""
 
 import os
+import re
 import socket
 import threading
 
@@ -121,3 +122,25 @@ def test_a_message_spooled_to_disk_is_streamed_to_clamd(live, tmp_path):
         outcome = pipeline.run(spool, live())
     assert isinstance(outcome.results.spam, SpamSkipped)
     assert outcome.decision.verdict is Verdict.VIRUS
+
+
+@pytest.mark.parametrize("name", ["clean", "gtube", "spoofed_headers", "eicar_attached"])
+def test_spamassassin_scores_crlf_and_lf_alike(daemons, name):
+    """Why the spamd scanner may send a milter's CRLF message with LF line ends: spamd's own answer
+    (score and rule names, through spamc -R) is the same for both forms."""
+    import subprocess
+
+    def answer(data: bytes) -> tuple[bytes, set[bytes]]:
+        spamc = ["/usr/bin/spamc", "-R", "-d", daemons["spamd_host"], "-p", str(daemons["spamd_port"])]
+        report = subprocess.run(spamc, input=data, capture_output=True, timeout=60, check=True).stdout
+        return report.split(b"\n", 1)[0], set(re.findall(rb"\b[A-Z][A-Z0-9_]{2,}\b", report))
+
+    raw = getattr(corpus, name)().replace(b"\r\n", b"\n")
+    assert answer(raw) == answer(raw.replace(b"\n", b"\r\n"))
+
+
+def test_spamd_request_sends_lf_line_ends():
+    from mailfilter.scanners import spamd
+
+    request = spamd._request(b"Subject: x\r\n\r\nbody\r\nbare\rcr\n")
+    assert request.endswith(b"\r\n\r\nSubject: x\n\nbody\nbare\rcr\n")

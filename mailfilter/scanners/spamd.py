@@ -131,9 +131,16 @@ def _connection_failed() -> Exception:
 
 
 def _request(message: bytes) -> bytes:
+    """The SYMBOLS request, with the message's CRLF line ends as LF.
+
+    A milter gets the message in SMTP's CRLF form; SpamAssassin turns CRLF into LF
+    itself, which cost spamd some 3 ms of CPU per 22 kB message here (4% of its
+    scan), and scores both forms the same (tests/test_scanners_real.py). A bare CR
+    is left as it is.
+    """
     from aiospamc.requests import Request
 
-    return bytes(Request("SYMBOLS", body=message))
+    return bytes(Request("SYMBOLS", body=message.replace(b"\r\n", b"\n")))
 
 
 def _report(answer: bytes) -> SpamOutcome:
