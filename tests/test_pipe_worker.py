@@ -407,7 +407,10 @@ def test_check_says_whether_a_worker_answers(worker, make_config, tmp_path):
         ('[pipe]\ndeadline = "60"\n', None),
         ("[pipe]\nworker = 5\n", None),
         ('[pipe]\nworker = """/x/multi"""\n', None),
-        ('[report]\nadmin = "deadline-watch@example.org"\n', None),
+        ('[report]\nadmin = "deadline-watch@example.org"\n[quarantine]\ndir = "/srv/worker/q"\n', {}),
+        ('[delivery]\nsendmail = [\n  "/usr/sbin/sendmail",\n  "--worker",\n]\n', {}),
+        ('x = [\n  { worker = "/x/array-of-tables.sock" },\n]\n', None),
+        ("[pipe]\nworkers = 3\n", None),
     ],
 )
 def test_simple_reader_reads_plain_lines_and_defers_the_rest_to_tomllib(text, expected):
@@ -437,6 +440,9 @@ def test_simple_reader_never_disagrees_with_tomllib():
         "pipe = { deadline = 9 }",
         "port = 783",
         'user = "mailfilter"',
+        'dir = "/srv/worker/deadline"',
+        '  { worker = "/in/array" },',
+        'sendmail = ["/x", "worker"]',
         "x = [",
         "  [1, 2],",
         "]",

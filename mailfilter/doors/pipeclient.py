@@ -114,13 +114,15 @@ _KEYS = (b"worker", b"deadline")
 
 
 def simple_pipe_keys(data: bytes) -> dict[str, str | float] | None:
-    """The worker and deadline keys of [pipe], when every mention of them is a plain line
-    (`worker = "/path"`, `deadline = 120`, an optional # comment) under a plain `[pipe]`
-    header; None when anything else could set or hide them (tomllib must then decide).
+    """The worker and deadline keys of [pipe], when every line that could set them is a plain one
+    (`worker = "/path"`, `deadline = 120`, an optional # comment) under a plain `[pipe]` header;
+    None when anything else could set or hide them (tomllib must then decide).
 
-    It never returns a value tomllib would not: a line it does not fully understand that
-    mentions either key's name, a \\u escape (TOML's one way to spell a key without its
-    letters), a multi-line string, or a second definition all mean None.
+    A line could set a key when the key's name is in what precedes its `=`, or anywhere in
+    a line with an inline table; values (a folder called worker, a line of a multi-line
+    array) may mention the names. It never returns a value tomllib would
+    not: a \\u escape (TOML's one way to spell a key without its letters), a multi-line
+    string, or a second definition also mean None.
     """
     if b"\\u" in data or b"\\U" in data or b'"""' in data or b"'''" in data:
         return None
@@ -128,16 +130,20 @@ def simple_pipe_keys(data: bytes) -> dict[str, str | float] | None:
     table = b""
     for raw in data.split(b"\n"):
         line = raw.strip()
-        if line.startswith(b"["):
-            table = line.partition(b"#")[0].strip()
-            if any(key in line for key in _KEYS):
-                return None
-            continue
-        if not any(key in line for key in _KEYS) or line.startswith(b"#"):
+        if not line or line.startswith(b"#"):
             continue
         key, equals, value = line.partition(b"=")
+        if line.startswith(b"["):
+            table = line.partition(b"#")[0].strip()
+            if any(word in line for word in _KEYS):
+                return None
+            continue
+        if b"{" in line and any(word in line for word in _KEYS):
+            return None
+        if not equals or not any(word in key for word in _KEYS):
+            continue
         key = key.strip()
-        if table != b"[pipe]" or not equals or key not in _KEYS or key.decode() in found:
+        if table != b"[pipe]" or key not in _KEYS or key.decode() in found:
             return None
         parsed = _simple_value(value.strip())
         if parsed is None or isinstance(parsed, str) is (key == b"deadline"):
