@@ -30,6 +30,8 @@ Filter one message from standard input for Postfix pipe(8): scan it with spamd
 and ClamAV, then reinject it with `sendmail -G -i -f SENDER -- RECIPIENT...`,
 quarantine it, or defer it. Exit status: 0 delivered or held, 75 deferred
 (Postfix keeps the message queued), 69 rejected (only with a reject policy).
+When `mailfilter worker` listens on [pipe] worker, the message is handed to it
+(the same filtering, without importing the pipeline in every process).
 
 master.cf:
   mailfilter unix - n n - 10 pipe flags=Rq user=mailfilter null_sender=
