@@ -4,6 +4,7 @@ What pipe(8) relies on: exit 0, 69 or 75 only; one status line on failure,
 nothing on success; sendmail called as `-G -i -f SENDER -- RCPT...`.
 """
 
+import io
 import subprocess
 import sys
 import time
@@ -232,3 +233,14 @@ def test_unwritable_log_file_does_not_stop_the_mail(make_config, sendmail, answe
     assert (status, out) == (0, "")
     assert len(sendmail.calls) == 1
     assert capsys.readouterr().err == ""  # nothing that pipe(8) would read
+
+
+def test_why_no_worker_took_the_message_is_logged_with_its_queue_id(make_config, sendmail, answers, tmp_path):
+    from mailfilter.doors import pipe
+
+    answers(HAM, CLEAN)
+    argv = ["--config", make_config(), "pipe", "-q", "4F2A1C", "-f", "alice@example.org", "--", "bob@example.net"]
+    assert pipe.main(argv, io.BytesIO(corpus.clean()), io.StringIO(), environ={}, note="the pipe worker declined: it is stopping") == 0
+    log = (tmp_path / "mailfilter.log").read_text()
+    assert "warning: 4F2A1C: the pipe worker declined: it is stopping; filtering in this process" in log
+    assert len(sendmail.calls) == 1

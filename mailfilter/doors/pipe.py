@@ -152,10 +152,8 @@ def main(argv: list[str], stdin: BinaryIO, stdout: TextIO, environ: Mapping[str,
         _arm(DEFAULT_DEADLINE)
         from .. import log
 
-        logger = log.configure("mailfilter/pipe", None, stderr=False)
-        if note:
-            logger.warning("%s; filtering in this process", note)
-        status, line = handle(argv, stdin, started, environ=environ)
+        log.configure("mailfilter/pipe", None, stderr=False)
+        status, line = handle(argv, stdin, started, environ=environ, note=note)
     except BaseException as exc:  # noqa: BLE001 - handle() catches everything; this is for a broken log set-up
         status, line = EX_TEMPFAIL, _failure_dsn(exc, DEFAULT_DEADLINE)[0].line()
     finally:
@@ -177,13 +175,15 @@ def handle(
     environ: Mapping[str, str] | None = None,
     still_wanted: Callable[[], bool] | None = None,
     runner=None,
+    note: str = "",
 ) -> tuple[int, str | None]:
     """Parse the arguments, filter the message on STDIN, act; return the exit status and the line to print.
 
     Shared by both halves of `pipe`. In this process (CONFIG None) the config is loaded
     from the arguments and the SIGALRM deadline is re-armed from [pipe] deadline; the
     worker passes the config it serves and its pipeline.Runner, and the client keeps
-    the deadline. Every exception becomes a deferral here.
+    the deadline. NOTE says why no worker took the message (a warning when not empty).
+    Every exception becomes a deferral here.
     """
     in_process = config is None
     deadline = DEFAULT_DEADLINE if config is None else config.pipe.deadline
@@ -200,6 +200,8 @@ def handle(
             logger = log.configure("mailfilter/pipe", config.log, stderr=False)
             deadline = config.pipe.deadline
             _arm(deadline - (time.monotonic() - started))
+        if note:
+            logger.warning("%s: %s; filtering in this process", queue_id, note)
         from ..spool import Spool
 
         with Spool() as spool:

@@ -3,9 +3,9 @@
 pipe(8) starts one process per message. Importing the whole pipeline (asyncio,
 aiospamc, the config model, logging) costs a Python process more CPU than the
 scanners' clients do, on every message. So entry.py tries this module first: it
-imports nothing beyond socket (no json, no tomllib, no typing: see settings()), finds
-[pipe] worker and [pipe] deadline, and streams the message to the worker, which
-runs the very same door code (doors/pipe.py) in a process that imported
+imports nothing beyond socket (no json, no tomllib, no typing: see settings()),
+finds [pipe] worker and [pipe] deadline, and streams the message to the worker,
+which runs the very same door code (doors/pipe.py) in a process that imported
 everything once.
 
 The protocol, over the worker's unix socket (\\0 separates fields: neither a
@@ -20,10 +20,10 @@ NoWorker is raised, and the caller filters the message itself, only while
 nothing of the message has been read: no socket, nobody listening, a worker
 that does not answer the greeting in time, or one that declines (it serves
 another config file, would reinject into another Postfix instance than
-pipe(8)'s $MAIL_CONFIG, runs as another user, or is stopping). From the first byte read on, every
-failure is a deferral (exit 75 with one 4.x.x line): the message is still
-whole in Postfix's queue, and a worker that has gone cannot tell us whether it
-delivered.
+pipe(8)'s $MAIL_CONFIG, runs as another user, or is stopping). From the first
+byte read on, every failure is a deferral (exit 75 with one 4.x.x line): the
+message is still whole in Postfix's queue, and a worker that has gone cannot
+tell us whether it delivered.
 """
 
 from __future__ import annotations

@@ -13,8 +13,9 @@ own does.
 The worker only speeds things up; it is never needed for mail to flow. A pipe
 process that finds no worker, or one that declines (it serves another config
 file or another Postfix instance, the client runs as another user, it is
-stopping), filters the message itself. A worker that fails once it has the message makes the client defer it
-(75): Postfix keeps every message until a filter has finished with it.
+stopping), filters the message itself. A worker that fails once it has the
+message makes the client defer it (75): Postfix keeps every message until a
+filter has finished with it.
 
 Protocol: see doors/pipeclient.py.
 """
@@ -236,7 +237,7 @@ def open_socket(path: str) -> socket.socket:
 
 def preload() -> None:
     """Import now what messages need, so that no client pays for it."""
-    import aiospamc.client  # noqa: F401
+    import aiospamc.client  # noqa: F401 - the package: the request, parser and exceptions spamd.py uses
     import pyclamd  # noqa: F401
 
     from .. import journal, message, metrics, pipeline  # noqa: F401
