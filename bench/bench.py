@@ -1,7 +1,8 @@
 """mailfilter's benchmark driver; bench/run prepares the machine and calls it.
 
 Measures, in one run on this machine: the pipe path (one process per message) against
-the old myfilter.sh recipe and a shell floor; the start-up of `mailfilter pipe`; the
+the old myfilter.sh recipe and a shell floor; the start-up of `mailfilter pipe`; the two
+scanners at once against one after the other; the
 milter path through private Postfix instances against spamass-milter + clamav-milter,
 Postfix alone and the spamd ceiling; peak RSS; and where messages over [spamd] max_size
 go. Writes bench/results/latest.{md,json,png}. Needs root (private Postfix instances)
@@ -27,6 +28,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path[1:1] = [str(ROOT / "tests"), str(ROOT / "scripts")]
 
+import concurrency  # noqa: E402
 import maxsize  # noqa: E402
 import messages  # noqa: E402
 import milterpath  # noqa: E402
@@ -145,6 +147,8 @@ def run(plan: Plan, seed: int, state: dict, work: Path) -> dict:
         results["pipe"]["worker_peak_rss_kib"] = peak_rss_kib(worker.pid)
     finally:
         pipepath.stop_worker(worker)
+    _say("spamd and ClamAV at once against one after the other")
+    results["concurrency"] = concurrency.measure(config, corpus, plan.rounds)
     _say("[spamd] max_size: counting proxies")
     largest = max(corpus, key=lambda m: m.size)
     results["maxsize"] = maxsize.check(
