@@ -325,6 +325,18 @@ def smtp_clients(port: int, concurrency: int, messages: list[Message]) -> dict:
             code = _transaction(port, message.data)
             results.append((time.perf_counter() - started, code, message.name))
 
+    wall, busy = _in_threads(work, concurrency)
+    if busy:
+        raise BenchError(f"SMTP clients still busy after {BATCH_TIMEOUT:g} s")
+    codes: dict[str, int] = {}
+    for _, code, _ in results:
+        codes[str(code)] = codes.get(str(code), 0) + 1
+    slowest = [{"message": name, "s": latency, "code": code} for latency, code, name in sorted(results, reverse=True)[:3]]
+    return {"wall": wall, "latencies": [latency for latency, _, _ in results], "codes": codes, "slowest": slowest}
+
+
+def _in_threads(work, concurrency: int) -> tuple[float, bool]:
+    """Run WORK in CONCURRENCY threads at once; (wall seconds until all ended or BATCH_TIMEOUT, whether any is still busy)."""
     threads = [threading.Thread(target=work, daemon=True) for _ in range(concurrency)]
     started = time.perf_counter()
     for thread in threads:
@@ -332,14 +344,7 @@ def smtp_clients(port: int, concurrency: int, messages: list[Message]) -> dict:
     deadline = time.monotonic() + BATCH_TIMEOUT
     for thread in threads:
         thread.join(max(0.0, deadline - time.monotonic()))
-    wall = time.perf_counter() - started
-    if any(thread.is_alive() for thread in threads):
-        raise BenchError(f"SMTP clients still busy after {BATCH_TIMEOUT:g} s")
-    codes: dict[str, int] = {}
-    for _, code, _ in results:
-        codes[str(code)] = codes.get(str(code), 0) + 1
-    slowest = [{"message": name, "s": latency, "code": code} for latency, code, name in sorted(results, reverse=True)[:3]]
-    return {"wall": wall, "latencies": [latency for latency, _, _ in results], "codes": codes, "slowest": slowest}
+    return time.perf_counter() - started, any(thread.is_alive() for thread in threads)
 
 
 def spamc_ceiling(spamd: tuple[str, int], concurrency: int, count: int, message: Path) -> float:
@@ -355,15 +360,8 @@ def spamc_ceiling(spamd: tuple[str, int], concurrency: int, count: int, message:
             if proc.returncode != 0:
                 failures.append(f"spamc exited {proc.returncode}: {proc.stderr[-500:]!r}")
 
-    threads = [threading.Thread(target=work, daemon=True) for _ in range(concurrency)]
-    started = time.perf_counter()
-    for thread in threads:
-        thread.start()
-    deadline = time.monotonic() + BATCH_TIMEOUT
-    for thread in threads:
-        thread.join(max(0.0, deadline - time.monotonic()))
-    wall = time.perf_counter() - started
-    if failures or any(thread.is_alive() for thread in threads):
+    wall, busy = _in_threads(work, concurrency)
+    if failures or busy:
         raise BenchError(failures[0] if failures else f"spamc still busy after {BATCH_TIMEOUT:g} s")
     return wall
 

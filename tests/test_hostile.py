@@ -39,6 +39,7 @@ from mailfilter.doors import milter
 
 import hostile
 from conftest import ROOT, Sendmail, run_pipe, write_config
+from postfix import filter_sections
 
 sys.path.insert(0, str(ROOT / "fuzz"))
 from properties import fields_and_body, sendmail_lines, smtp_lines
@@ -160,17 +161,8 @@ def make_door(root: Path, daemons: dict, **sections: dict) -> Door:
     """A config under ROOT pointed at the session's daemons, with SECTIONS on top."""
     root.mkdir()
     base = {
-        "spamd": {"host": daemons["spamd_host"], "port": daemons["spamd_port"], "timeout": SCANNER_TIMEOUT},
-        "clamd": {"socket": daemons["clamd_socket"], "timeout": SCANNER_TIMEOUT},
+        **filter_sections(root, (daemons["spamd_host"], daemons["spamd_port"]), daemons["clamd_socket"], SCANNER_TIMEOUT),
         "delivery": {"sendmail": Sendmail(root / "sent").argv(), "timeout": 30},
-        "quarantine": {"dir": str(root / "quarantine")},
-        "report": {
-            "admin": "admin@example.net",
-            "sender": "mailfilter@example.net",
-            "state_dir": str(root / "state"),
-            "journal_dir": str(root / "journal"),
-        },
-        "log": {"syslog": False, "file": str(root / "mailfilter.log")},
     }
     for name, table in sections.items():
         base.setdefault(name, {}).update(table)
