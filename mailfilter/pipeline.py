@@ -1,15 +1,14 @@
 """Scan one message with spamd and ClamAV at the same time, then ask the policy.
 
-Both scanners run concurrently (spamd on the event loop, ClamAV in a worker
-thread), so a message costs about the slower of the two, not their sum. Each
-scanner has its own timeout; a scanner that overruns it is a ScanFailure, never
-a hang and never a clean result. A daemon scans through a Runner instead: the
-same contract in long-lived threads, at a fraction of the CPU per message.
+Both scanners run at once, each in a thread of a Runner, so a message costs
+about the slower of the two, not their sum. Each scanner has its own timeout; a
+scanner that overruns it is a ScanFailure, never a hang and never a clean
+result. A daemon (the milter, the pipe worker) keeps one Runner for every
+message; run() and scan() make one for a single message.
 """
 
 from __future__ import annotations
 
-import asyncio
 import concurrent.futures
 import contextvars
 import time
@@ -19,7 +18,7 @@ from typing import Any
 
 from . import policy
 from .config import Config
-from .model import SCANNER_CLAMAV, SCANNER_SPAMD, Cause, Decision, ScanFailure, ScanResults, SpamSkipped, VirusOutcome
+from .model import SCANNER_CLAMAV, SCANNER_SPAMD, Cause, Decision, ScanFailure, ScanResults, SpamSkipped
 from .spool import Spool
 
 # Seconds the pipeline waits beyond a scanner's own timeout before it calls the scanner hung.
@@ -34,59 +33,26 @@ class Outcome:
     decision: Decision
 
 
-async def _virus(message: Spool, config: Config) -> VirusOutcome:
-    return await asyncio.to_thread(_virus_backend(config).scan, message, config.clamd)
-
-
-async def _bounded(coro, timeout: float, scanner: str):
-    """(outcome, seconds). The scanners enforce their own timeouts; this is the backstop for one that does not."""
-    started = time.monotonic()
-    try:
-        outcome = await asyncio.wait_for(coro, timeout + BACKSTOP)
-    except TimeoutError:
-        outcome = ScanFailure(scanner, Cause.TIMEOUT, f"no answer within {timeout:g} s")
-    return outcome, time.monotonic() - started
-
-
-async def _skipped(reason: str) -> SpamSkipped:
-    return SpamSkipped(reason)
-
-
-async def scan_async(message: Spool, config: Config) -> ScanResults:
-    from .scanners import spamd
-
-    if message.size > config.spamd.max_size:  # as spamc does: big messages are rarely spam
-        spam_scan = _skipped(f"message larger than {config.spamd.max_size} bytes")
-    else:
-        # Read spamd's copy now, before the ClamAV thread starts streaming the same spool.
-        spam_scan = spamd.scan(message.read(), config.spamd)
-    (spam, spam_seconds), (virus, virus_seconds) = await asyncio.gather(
-        _bounded(spam_scan, config.spamd.timeout, SCANNER_SPAMD),
-        _bounded(_virus(message, config), config.clamd.timeout, SCANNER_CLAMAV),
-    )
-    return ScanResults(spam, virus, spam_seconds, virus_seconds)
-
-
 def scan(message: Spool, config: Config) -> ScanResults:
-    return asyncio.run(scan_async(message, config))
+    """Both scanners at once for MESSAGE, in a Runner of its own. Blocking."""
+    with Runner() as runner:
+        return runner.scan(message, config)
 
 
 def run(message: Spool, config: Config) -> Outcome:
-    """Scan MESSAGE and decide. Blocking; for callers without an event loop."""
+    """Scan MESSAGE and decide. Blocking; for callers that scan one message (a pipe process, `scan`, `check`)."""
     results = scan(message, config)
     return Outcome(results, policy.decide(results, config))
 
 
 class Runner:
-    """pipeline.run() for a daemon that scans many messages (the milter): in threads, without an event loop.
+    """Scans in threads: a bounded pool per scanner, so a hung spamd cannot starve ClamAV or the other
+    way round.
 
-    pipeline.run() costs over 1 ms of CPU per message beyond the scanners' own work: asyncio.run()
-    builds an event loop (selector, self-pipe) and a thread pool whose thread is started for ClamAV
-    and joined again, and spamd is spoken to through asyncio streams. A Runner keeps a bounded pool
-    of threads per scanner, so a hung spamd cannot starve ClamAV or the other way round; spamd gets
-    a blocking socket. The contract is scan_async()'s: both scanners at once, each within its own
-    timeout, one that overruns it by BACKSTOP a ScanFailure, never a hang. Threads are started as
-    needed, in the signal mask of the thread that needs them. run() is safe from any thread.
+    Both scanners at once, each within its own timeout from the start of the scan; one that overruns
+    it by BACKSTOP is a ScanFailure, never a hang. A daemon keeps one Runner for every message: an
+    event loop and its executor per message (asyncio.run) cost over 1 ms of CPU each. Threads are
+    started as needed, in the signal mask of the thread that needs them. run() is safe from any thread.
     """
 
     def __init__(self, threads: int = SCANNER_THREADS) -> None:
@@ -134,7 +100,7 @@ def _virus_backend(config: Config) -> Any:
 
 
 def _timed(started: float, scan: Callable[..., Any], *args: Any) -> tuple[Any, float]:
-    """(outcome, seconds since STARTED), as _bounded counts them."""
+    """(outcome, seconds since STARTED)."""
     return scan(*args), time.monotonic() - started
 
 
@@ -145,7 +111,7 @@ def _done(outcome: Any) -> concurrent.futures.Future:
 
 
 def _wait(future: concurrent.futures.Future, started: float, timeout: float, scanner: str) -> tuple[Any, float]:
-    """_bounded() for a scan in a thread: its (outcome, seconds), or a timeout once it overruns by BACKSTOP."""
+    """A scan's (outcome, seconds), or a timeout once it overruns its timeout by BACKSTOP."""
     try:
         return future.result(max(0.0, started + timeout + BACKSTOP - time.monotonic()))
     except concurrent.futures.TimeoutError:

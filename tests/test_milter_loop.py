@@ -1,8 +1,8 @@
 """pipeline.Runner, what the milter daemon scans with: the same results and the same contract as pipeline.run.
 
 Each scanner within its own timeout (a hung one is a ScanFailure, never a hang), the same failure
-texts as the event-loop path, safe from many threads at once, and any exception in the milter
-still a 451 tempfail.
+texts whether the Runner is kept (the daemons) or made for one message (pipeline.scan), safe from
+many threads at once, and any exception in the milter still a 451 tempfail.
 """
 
 import socket
@@ -29,7 +29,7 @@ def runner():
 
 
 def scan_both(runner, raw, config):
-    """(Runner's results, pipeline.scan's results) for RAW."""
+    """(a kept Runner's results, pipeline.scan's with a Runner of its own) for RAW."""
     with Spool.of(raw) as spool:
         threaded = runner.scan(spool, config)
     with Spool.of(raw) as spool:
@@ -96,7 +96,7 @@ def config_for(**sections):
 
 
 @pytest.mark.parametrize("spamd_at", [{"port": 1}, {"socket": "spamd.sock"}])
-def test_nothing_listening_gives_the_same_failures_as_the_event_loop(runner, tmp_path, spamd_at):
+def test_nothing_listening_gives_the_same_failures_as_pipeline_scan(runner, tmp_path, spamd_at):
     if "socket" in spamd_at:
         spamd_at = {"socket": str(tmp_path / spamd_at["socket"])}
     config = config_for(spamd=spamd_at, clamd={"socket": str(tmp_path / "none.ctl")})

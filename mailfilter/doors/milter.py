@@ -78,7 +78,7 @@ class MailfilterMilter(Milter.Base):
     config: Config
     in_flight: InFlight
     tally: metrics.Tally
-    runner: pipeline.Runner | None = None  # serve() gives one; without it, pipeline.run (an event loop per message)
+    runner: pipeline.Runner | None = None  # serve() gives one; without it, pipeline.run (a Runner per message)
 
     def __init__(self) -> None:
         self.spool: Spool | None = None

@@ -123,7 +123,7 @@ class Worker:
         self.serves = os.path.realpath(CONFIG_PATH if config.source == "(defaults)" else config.source)
         self.postfix = postfix_instance(os.environ.get("MAIL_CONFIG", ""))
         self.in_flight = InFlight()
-        self.runner = pipeline.Runner()  # scanner threads kept for every message (no event loop per message)
+        self.runner = pipeline.Runner()  # scanner threads kept for every message, not started per message
         self.stopping = False
 
     def _greeting(self, stream: BinaryIO) -> tuple[list[str], str, str]:

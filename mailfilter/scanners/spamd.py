@@ -1,7 +1,6 @@
 """SpamAssassin through spamd: the SYMBOLS command, aiospamc's request and response, our own connection.
 
-Two transports for the same exchange: scan() on an event loop (pipeline.scan_async) and
-scan_blocking() for a thread (the milter's pipeline.Runner). aiospamc's own Client and
+scan_blocking() runs in a scanner thread of pipeline.Runner. aiospamc's own Client and
 connection managers are not used: they wrap every request in three nested wait_for() (a task
 each), call loguru and build objects per request, which cost more CPU than the exchange
 itself, and they leave the socket open when a request times out or is cancelled.
@@ -9,7 +8,6 @@ itself, and they leave the socket open when a request times out or is cancelled.
 
 from __future__ import annotations
 
-import asyncio
 import socket
 import time
 
@@ -27,19 +25,8 @@ def _quiet_aiospamc() -> None:
     logger.disable("aiospamc")
 
 
-async def scan(message: bytes, config: SpamdConfig) -> SpamOutcome:
-    """On an event loop: one deadline ([spamd] timeout) for connecting, sending and reading the answer."""
-    _quiet_aiospamc()
-    try:
-        async with asyncio.timeout(config.timeout):
-            answer = await _exchange(_request(message), config)
-        return _report(answer)
-    except _errors() as exc:
-        return _failure(exc, config)
-
-
 def scan_blocking(message: bytes, config: SpamdConfig) -> SpamOutcome:
-    """scan() for a thread: a blocking socket that keeps one deadline for the whole exchange."""
+    """Blocking, for a thread: one deadline ([spamd] timeout) for connecting, sending and reading the answer."""
     _quiet_aiospamc()
     try:
         return _report(_exchange_blocking(_request(message), config, time.monotonic() + config.timeout))
@@ -47,27 +34,9 @@ def scan_blocking(message: bytes, config: SpamdConfig) -> SpamOutcome:
         return _failure(exc, config)
 
 
-async def _exchange(request: bytes, config: SpamdConfig) -> bytes:
-    """Send REQUEST on a new connection and read the answer to its end; the connection is closed on every path."""
-    try:
-        if config.socket:
-            reader, writer = await asyncio.open_unix_connection(config.socket)
-        else:
-            reader, writer = await asyncio.open_connection(config.host, config.port)
-    except OSError as error:
-        raise _connection_failed() from error
-    try:
-        writer.write(request)
-        if writer.can_write_eof():
-            writer.write_eof()
-        await writer.drain()
-        return await reader.read()
-    finally:
-        writer.close()
-
-
 def _exchange_blocking(request: bytes, config: SpamdConfig, deadline: float) -> bytes:
-    """_exchange() with a blocking socket; every call on it fails once DEADLINE has passed."""
+    """Send REQUEST on a new connection and read the answer to its end; every call on the socket fails once
+    DEADLINE has passed, and the socket is closed on every path."""
     try:
         sock = _connect_blocking(config, deadline)
     except TimeoutError:
