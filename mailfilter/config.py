@@ -15,9 +15,9 @@ from collections.abc import Callable
 from dataclasses import MISSING, dataclass, field, fields
 from typing import Any
 
-from .paths import CONFIG_ENV as ENV_VAR
-from .paths import CONFIG_PATH as DEFAULT_PATH
-from .paths import WORKER_SOCKET
+from .defaults import CONFIG_ENV as ENV_VAR
+from .defaults import CONFIG_PATH as DEFAULT_PATH
+from .defaults import PIPE_DEADLINE, WORKER_SOCKET
 
 
 class ConfigError(Exception):
@@ -139,7 +139,9 @@ class ReportConfig:
 
 @dataclass(frozen=True)
 class PipeConfig:
-    deadline: float = _key(300.0, "seconds one `pipe` run may take before it defers (below Postfix's command_time_limit)", _positive)
+    deadline: float = _key(
+        PIPE_DEADLINE, "seconds one `pipe` run may take before it defers (below Postfix's command_time_limit)", _positive
+    )
     worker: str = _key(
         WORKER_SOCKET,
         "unix socket of `mailfilter worker`; `pipe` hands messages to it when it listens, else filters them itself ('' never tries)",

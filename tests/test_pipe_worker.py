@@ -368,7 +368,7 @@ def test_client_reads_pipe_worker_and_deadline(tmp_path, text, expected):
 
 
 def test_client_reads_the_same_defaults_as_the_config():
-    assert pipeclient.DEFAULT_DEADLINE == configmod.PipeConfig().deadline
+    assert pipeclient.PIPE_DEADLINE == configmod.PipeConfig().deadline
     assert pipeclient.settings("/nonexistent/default.toml", False) == (configmod.PipeConfig().worker, configmod.PipeConfig().deadline)
 
 

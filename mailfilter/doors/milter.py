@@ -317,21 +317,13 @@ def drop_privileges(spec: str, socket_path: str | None) -> None:
     DAEMON_LOG.info("running as %s (uid %d, gid %d)", spec, entry.pw_uid, gid)
 
 
-def _preload() -> None:
-    """Import now what messages will need, so nothing is imported per message or after dropping privileges."""
-    import aiospamc.client  # noqa: F401
-    import pyclamd  # noqa: F401
-
-    from ..scanners import clamd, clamscan, spamd  # noqa: F401
-
-
 def serve(config: Config, socket_spec: str | None = None) -> int:
     """Run until SIGTERM/SIGINT; then let messages in flight finish (up to [milter] grace). Returns an exit status."""
     import milter as libmilter  # pymilter's C module
 
     if os.geteuid() == 0 and not config.milter.user:
         raise ServeError("refusing to run as root: set [milter] user (privileges are dropped once the socket is open)")
-    _preload()
+    pipeline.preload()  # before privileges are dropped
     spec = socket_spec or config.milter.socket
     # From here on SIGTERM/SIGINT/SIGHUP stay pending until libmilter's signal thread
     # (which inherits this mask) sigwait()s for them: a stop asked for while starting

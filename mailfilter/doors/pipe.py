@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import BinaryIO, TextIO
 
+from ..defaults import PIPE_DEADLINE
 from ..exitcodes import EX_OK, EX_TEMPFAIL, PIPE_EXIT_BY_ACTION
 from ..model import Dsn, Envelope
 from ..spool import Spool
@@ -37,7 +38,7 @@ master.cf:
   mailfilter unix - n n - 10 pipe flags=Rq user=mailfilter null_sender=
     argv=/usr/local/bin/mailfilter pipe -q ${{queue_id}} -f ${{sender}} -- ${{recipient}}
 """
-DEFAULT_DEADLINE = 300.0
+DEFAULT_DEADLINE = PIPE_DEADLINE  # until the config is read
 
 
 class UsageError(Exception):

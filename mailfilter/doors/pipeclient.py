@@ -32,7 +32,7 @@ import os
 import signal
 import socket
 
-from ..paths import CONFIG_ENV, CONFIG_PATH, WORKER_SOCKET
+from ..defaults import CONFIG_ENV, CONFIG_PATH, PIPE_DEADLINE, WORKER_SOCKET
 
 TYPE_CHECKING = False  # typing itself would be an import of a few ms on every message
 if TYPE_CHECKING:
@@ -41,7 +41,6 @@ if TYPE_CHECKING:
 
 PROTOCOL = b"MAILFILTER-PIPE/1"
 GREETING_TIMEOUT = 10.0  # a worker that does not say GO or DECLINE by then is passed by
-DEFAULT_DEADLINE = 300.0
 CHUNK = 64 * 1024
 REPLY_LIMIT = 1 << 20
 EX_TEMPFAIL = 75
@@ -102,7 +101,7 @@ def settings(path: str, named: bool) -> tuple[str, float]:
         except ValueError as exc:  # TOMLDecodeError and UnicodeDecodeError
             raise NoWorker("") from exc
     worker = table.get("worker", WORKER_SOCKET) if isinstance(table, dict) else None
-    deadline = table.get("deadline", DEFAULT_DEADLINE) if isinstance(table, dict) else None
+    deadline = table.get("deadline", PIPE_DEADLINE) if isinstance(table, dict) else None
     if not isinstance(worker, str) or isinstance(deadline, bool) or not isinstance(deadline, (int, float)) or deadline <= 0:
         raise NoWorker("")
     if not worker:

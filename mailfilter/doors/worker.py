@@ -36,7 +36,7 @@ from typing import BinaryIO
 from .. import pipeline
 from ..config import Config
 from ..daemon import InFlight, notify
-from ..paths import CONFIG_PATH
+from ..defaults import CONFIG_PATH
 from . import pipe
 from .pipeclient import PROTOCOL
 
@@ -237,12 +237,9 @@ def open_socket(path: str) -> socket.socket:
 
 def preload() -> None:
     """Import now what messages need, so that no client pays for it."""
-    import aiospamc.client  # noqa: F401 - the package: the request, parser and exceptions spamd.py uses
-    import pyclamd  # noqa: F401
-
-    from .. import journal, message, metrics, pipeline  # noqa: F401
+    pipeline.preload()
+    from .. import journal, message, metrics  # noqa: F401
     from ..actions import quarantine, reinject, report  # noqa: F401
-    from ..scanners import clamd, clamscan, spamd  # noqa: F401
 
 
 def refuse_root() -> None:
