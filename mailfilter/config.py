@@ -38,8 +38,28 @@ def _one_of(*choices: str) -> Callable[[Any], str | None]:
     return check
 
 
-def _positive(value: Any) -> str | None:
-    return None if value > 0 and math.isfinite(value) else "must be a positive number"
+# Upper bounds: what passes here must also work at mail time (socket timeouts, timers and
+# sizes overflow on absurd values, and would then defer every message).
+MAX_SECONDS = 86400.0  # one day
+MAX_INTERVAL = 366 * 86400.0
+MAX_BYTES = 1 << 40
+
+
+def _seconds(limit: float = MAX_SECONDS) -> Callable[[Any], str | None]:
+    def check(value: Any) -> str | None:
+        if not (math.isfinite(value) and 0 < value <= limit):
+            return f"must be a number of seconds above 0 and at most {limit:g}"
+        return None
+
+    return check
+
+
+def _bytes(value: Any) -> str | None:
+    return None if 0 < value <= MAX_BYTES else f"must be a number of bytes above 0 and at most {MAX_BYTES}"
+
+
+def _absolute(value: Any) -> str | None:
+    return None if os.path.isabs(value) else "must be an absolute path"
 
 
 def _port(value: Any) -> str | None:
@@ -47,7 +67,7 @@ def _port(value: Any) -> str | None:
 
 
 def _score(value: Any) -> str | None:
-    return None if not math.isnan(value) else "must be a number (inf disables)"
+    return None if not math.isnan(value) and value != -math.inf else "must be a number (inf disables)"
 
 
 def _argv(value: Any) -> str | None:
@@ -62,6 +82,10 @@ def _milter_socket(value: Any) -> str | None:
     if value.startswith("unix:/") or (value.startswith("inet:") and "@" in value) or value.startswith("inet6:"):
         return None
     return "must be unix:/PATH or inet:PORT@HOST"
+
+
+def _socket_path(value: Any) -> str | None:
+    return None if value == "" or os.path.isabs(value) else "must be an absolute path of a unix socket (or '')"
 
 
 def _absolute_or_empty(value: Any) -> str | None:
@@ -86,21 +110,23 @@ ON_ERROR = _one_of("tempfail", "accept")
 class SpamdConfig:
     host: str = _key("127.0.0.1", "spamd TCP host (used when socket is empty)")
     port: int = _key(783, "spamd TCP port", _port)
-    socket: str = _key("", "spamd unix socket path; when set, host and port are not used")
-    timeout: float = _key(60.0, "seconds to wait for spamd's answer", _positive)
+    socket: str = _key("", "spamd unix socket path; when set, host and port are not used", _socket_path)
+    timeout: float = _key(60.0, "seconds to wait for spamd's answer", _seconds())
     on_error: str = _key(
         "tempfail", "spamd down, timing out or failing: 'tempfail' (keep mail queued) or 'accept' (deliver unscanned)", ON_ERROR
     )
-    max_size: int = _key(512000, "bytes; larger messages are not sent to spamd (like spamc), always to ClamAV", _positive)
+    max_size: int = _key(
+        512000, "bytes spamd is sent: a larger message is scored on its first max_size bytes, cut at a line end (as amavisd-new does)", _bytes
+    )
 
 
 @dataclass(frozen=True)
 class ClamdConfig:
     backend: str = _key("clamd", "'clamd' (resident daemon, INSTREAM) or 'clamscan' (a process per message)", _one_of("clamd", "clamscan"))
-    socket: str = _key("/var/run/clamav/clamd.ctl", "clamd unix socket path (used when host is empty)")
+    socket: str = _key("/var/run/clamav/clamd.ctl", "clamd unix socket path (used when host is empty)", _socket_path)
     host: str = _key("", "clamd TCP host; when set, the socket is not used")
     port: int = _key(3310, "clamd TCP port", _port)
-    timeout: float = _key(60.0, "seconds to wait for ClamAV's answer", _positive)
+    timeout: float = _key(60.0, "seconds to wait for ClamAV's answer", _seconds())
     on_error: str = _key(
         "tempfail", "ClamAV down, timing out or failing: 'tempfail' (keep mail queued) or 'accept' (deliver unscanned)", ON_ERROR
     )
@@ -111,12 +137,12 @@ class ClamdConfig:
 @dataclass(frozen=True)
 class DeliveryConfig:
     sendmail: list = _key(["/usr/sbin/sendmail"], "sendmail command (argv list); mailfilter adds -G -i -f SENDER -- RCPT...", _argv)  # noqa: RUF009
-    timeout: float = _key(120.0, "seconds sendmail may take to accept one message", _positive)
+    timeout: float = _key(120.0, "seconds sendmail may take to accept one message (after the scan, outside [pipe] deadline)", _seconds())
 
 
 @dataclass(frozen=True)
 class QuarantineConfig:
-    dir: str = _key("/var/lib/mailfilter/quarantine", "where held messages are stored (created 0700)")
+    dir: str = _key("/var/lib/mailfilter/quarantine", "where held messages are stored (created 0700)", _absolute)
     spam_score: float = _key(math.inf, "quarantine spam at or above this score instead of delivering it (inf: never)", _score)
 
 
@@ -126,21 +152,34 @@ class PolicyConfig:
         "quarantine", "'quarantine' (hold, tell the admin) or 'reject' (pipe: bounce with 5.7.1, exit 69)", _one_of("quarantine", "reject")
     )
     spam_reject_score: float = _key(math.inf, "reject spam at or above this score (pipe: bounce with 5.7.1, exit 69; inf: never)", _score)
+    unscannable: str = _key(
+        "quarantine",
+        "a message the virus scan could not see all of (a ClamAV limit, a part that cannot be decoded): 'quarantine',"
+        " 'reject', 'tempfail' or 'accept' (deliver marked Unscanned); never clean",
+        _one_of("quarantine", "reject", "tempfail", "accept"),
+    )
 
 
 @dataclass(frozen=True)
 class ReportConfig:
     admin: str = _key("postmaster", "who receives VIRUS FOUND / ANTIVIRUS FAILED reports ('' turns reports off)")
     sender: str = _key("postmaster", "envelope sender and From: of the reports")
-    interval: float = _key(3600.0, "seconds between two reports of the same scanner failure; the rest are counted", _positive)
-    state_dir: str = _key("/var/lib/mailfilter", "where the report rate limit and the pipe metrics keep their state")
-    journal_dir: str = _key("/var/lib/mailfilter/journal", "one JSON line per message, for `mailfilter report` ('' turns it off)")
+    interval: float = _key(3600.0, "seconds between two reports of the same kind (a scanner failure, a virus); the rest are counted", _seconds(MAX_INTERVAL))
+    state_dir: str = _key("/var/lib/mailfilter", "where the report rate limit and the pipe metrics keep their state", _absolute)
+    timeout: float = _key(30.0, "seconds the admin report's sendmail may take (after the message's fate is sealed)", _seconds())
+    journal_dir: str = _key(
+        "/var/lib/mailfilter/journal", "one JSON line per message, for `mailfilter report` ('' turns it off)", _absolute_or_empty
+    )
 
 
 @dataclass(frozen=True)
 class PipeConfig:
     deadline: float = _key(
-        PIPE_DEADLINE, "seconds one `pipe` run may take before it defers (below Postfix's command_time_limit)", _positive
+        PIPE_DEADLINE, "seconds `pipe` may take to read and scan a message before it defers; delivery then has [delivery] timeout",
+        _seconds(),
+    )
+    max_size: int = _key(
+        52428800, "bytes; a larger message is refused (exit 69, 5.3.4) instead of being scanned; keep it above message_size_limit", _bytes
     )
     worker: str = _key(
         WORKER_SOCKET,
@@ -157,24 +196,24 @@ class MilterConfig:
         "a virus: 'reject' (554 5.7.1, no backscatter), 'quarantine' (our store, then discard) or 'hold' (Postfix's hold queue)",
         _one_of("reject", "quarantine", "hold"),
     )
-    max_size: int = _key(52428800, "bytes; a larger message is refused with 552 5.3.4 instead of being scanned", _positive)
-    spool_memory: int = _key(1048576, "bytes of a message held in memory; the rest goes to a private temporary file", _positive)
-    tmpdir: str = _key("", "folder for spooled messages ('' for the system's temporary folder)")
+    max_size: int = _key(52428800, "bytes; a larger message is refused with 552 5.3.4 instead of being scanned", _bytes)
+    spool_memory: int = _key(1048576, "bytes of a message held in memory; the rest goes to a private temporary file", _bytes)
+    tmpdir: str = _key("", "folder for spooled messages ('' for the system's temporary folder)", _absolute_or_empty)
     socket_mode: int = _key(0o660, "permissions of a unix socket (0o660: Postfix's group must be the socket's group)", _mode, octal=True)
     user: str = _key("", "when started as root: USER[:GROUP] to become once the socket is open (refused as root without it)")
-    grace: float = _key(30.0, "seconds to let messages in flight finish after SIGTERM", _positive)
+    grace: float = _key(30.0, "seconds to let messages in flight finish after SIGTERM", _seconds())
 
 
 @dataclass(frozen=True)
 class MetricsConfig:
     listen: str = _key("127.0.0.1:9899", "milter: serve Prometheus metrics on HOST:PORT ('' turns it off)", _listen)
-    textfile: str = _key("", "pipe: rewrite this .prom file for node_exporter's textfile collector ('' turns it off)")
+    textfile: str = _key("", "pipe: rewrite this .prom file for node_exporter's textfile collector ('' turns it off)", _absolute_or_empty)
 
 
 @dataclass(frozen=True)
 class LogConfig:
     syslog: bool = _key(True, "log to syslog facility mail under `pipe` (the CLI logs to stderr)")
-    file: str = _key("", "also append log lines to this file")
+    file: str = _key("", "also append log lines to this file", _absolute_or_empty)
     level: str = _key("info", "'debug', 'info', 'warning' or 'error'", _one_of("debug", "info", "warning", "error"))
 
 

@@ -26,6 +26,7 @@ class Verdict(enum.StrEnum):
     CLEAN = "clean"
     SPAM = "spam"
     VIRUS = "virus"
+    UNSCANNABLE = "unscannable"  # the virus scan could not see all of it: never clean
     ERROR = "error"
 
 
@@ -77,10 +78,17 @@ class VirusReport:
 
     names: tuple[str, ...] = ()
     code: int = 0  # clamscan-style exit status: 0 clean, 1 found
+    # What the scan could not see (a ClamAV limit hit, a part that could not be decoded), in words.
+    # Not empty: the message is not clean, whatever else was found.
+    unscannable: tuple[str, ...] = ()
 
     @property
     def infected(self) -> bool:
         return bool(self.names)
+
+    @property
+    def complete(self) -> bool:
+        return not self.unscannable
 
 
 @dataclass(frozen=True)
