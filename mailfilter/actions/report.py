@@ -3,7 +3,14 @@
 render() is pure and returns the whole message as bytes. Every value taken
 from the scanned message (Subject, Received, addresses) goes through
 message.printable(), so message content can add neither a header nor a line
-to the report. send() delivers it through the same sendmail as reinjection.
+to the report. send() delivers it through the same sendmail as reinjection,
+with [report] timeout.
+
+Rate limits: reports of one scanner failure share a key, and so do all VIRUS
+FOUND reports ("virus"). The first goes at once; within [report] interval the
+others are held back and counted (a held-back virus leaves a note: quarantine
+id, virus names, envelope, Subject); the next one after the interval says how
+many were held back, and a VIRUS FOUND lists their notes.
 """
 
 from __future__ import annotations
@@ -11,9 +18,10 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from datetime import datetime
 from email.utils import format_datetime, make_msgid
+from typing import Any
 
 from .. import message as msgmod
-from ..config import Config, ReportConfig
+from ..config import Config, DeliveryConfig, ReportConfig
 from ..exitcodes import clamscan_code_text
 from ..model import SCANNER_CLAMAV, Action, Cause, Decision, Envelope, ReportKind, ScanFailure, ScanResults
 from ..spool import Spool
@@ -35,6 +43,7 @@ HINTS = {
 }
 
 CLAMDSCAN_ERROR = 2  # the clamscan-style status for a clamd failure: "an error occurred"
+VIRUS_KEY = "virus"  # every VIRUS FOUND report shares one rate limit
 
 
 @dataclass(frozen=True)
@@ -50,6 +59,7 @@ class Context:
     size: int
     quarantine_id: str | None = None
     suppressed: int = 0
+    held: tuple[dict[str, Any], ...] = ()  # notes of the viruses held back since the last report, oldest first
 
 
 def context(
@@ -86,11 +96,32 @@ def subject_of(ctx: Context) -> str:
 
 
 def rate_key(ctx: Context) -> str | None:
-    """Reports of the same scanner failure share a key (and a rate limit); virus reports have none."""
+    """Reports of the same scanner failure share a key (and a rate limit); so do all virus reports."""
     failure = failure_of(ctx)
     if ctx.decision.report is ReportKind.SCANNER_FAILED and failure:
         return f"{failure.scanner}:{failure.cause.value}"
+    if ctx.decision.report is ReportKind.VIRUS_FOUND:
+        return VIRUS_KEY
     return None
+
+
+def note(ctx: Context) -> dict[str, Any] | None:
+    """What a held-back VIRUS FOUND leaves for the next report: escaped, bounded values only."""
+    if ctx.decision.report is not ReportKind.VIRUS_FOUND:
+        return None
+    p = msgmod.printable
+    return {
+        "quarantine_id": ctx.quarantine_id or "",
+        "viruses": [p(name, 200) for name in _virus_names(ctx)][:10],
+        "sender": p(ctx.envelope.sender, 300),
+        "recipients": [p(r, 300) for r in ctx.envelope.recipients[:10]],
+        "nrcpt": len(ctx.envelope.recipients),
+        "subject": p(ctx.subject, 200),
+    }
+
+
+def _virus_names(ctx: Context) -> tuple[str, ...]:
+    return tuple(getattr(ctx.results.virus, "names", ()) or ())
 
 
 def _addr(address: str) -> str:
@@ -112,6 +143,8 @@ def body(ctx: Context, hostname: str) -> str:
         lines.append("")
         lines.append(f"Virus:          {p(', '.join(names))}")
         lines.append(f"Quarantine id:  {ctx.quarantine_id or '(not quarantined)'}")
+        if _summary(ctx):
+            lines.append(f"Held back:      {ctx.suppressed} more virus(es) since the last report (listed below)")
     elif failure is not None:
         code = failure.code if failure.code is not None else CLAMDSCAN_ERROR
         if ctx.decision.action is Action.TEMPFAIL:
@@ -140,7 +173,35 @@ def body(ctx: Context, hostname: str) -> str:
     lines.append("")
     lines.append("Received chain (newest first):")
     lines.extend(f"  {r}" for r in ctx.received or ["(none)"])
+    if _summary(ctx):
+        lines.append("")
+        lines.extend(_held_lines(ctx))
     return "\n".join(lines) + "\n"
+
+
+def _summary(ctx: Context) -> bool:
+    """A VIRUS FOUND that also tells of the viruses held back since the last one."""
+    return ctx.decision.report is ReportKind.VIRUS_FOUND and ctx.suppressed > 0
+
+
+def _held_lines(ctx: Context) -> list[str]:
+    """The viruses held back since the last report. The notes come from the rate-limit state, a file:
+    every value is escaped again here, so that render() stays safe whatever that file holds."""
+    p = msgmod.printable
+    listed = ctx.held[: ctx.suppressed]
+    which = f"the first {len(listed)} of {ctx.suppressed}" if len(listed) < ctx.suppressed else f"all {ctx.suppressed}"
+    lines = [f"Viruses held back since the last report ({which}), oldest first:"]
+    for n in listed:
+        recipients = n.get("recipients") if isinstance(n.get("recipients"), list) else []
+        rcpt = ", ".join(_addr(str(r)) for r in recipients)
+        nrcpt = n.get("nrcpt")
+        if isinstance(nrcpt, int) and nrcpt > len(recipients):
+            rcpt += f" and {nrcpt - len(recipients)} more"
+        viruses = n.get("viruses") if isinstance(n.get("viruses"), list) else []
+        lines.append(f"  {p(str(n.get('quarantine_id') or '(not quarantined)'), 100)}  {p(', '.join(str(v) for v in viruses), 300)}")
+        lines.append(f"      from {_addr(str(n.get('sender', '')))} to {rcpt or '(none)'}")
+        lines.append(f"      Subject: {p(str(n.get('subject', '')), 200)}")
+    return lines
 
 
 def render(ctx: Context, config: ReportConfig, hostname: str, now: datetime) -> bytes:
@@ -148,7 +209,7 @@ def render(ctx: Context, config: ReportConfig, hostname: str, now: datetime) -> 
     header = [
         ("From", f"mailfilter <{config.sender}>"),
         ("To", config.admin),
-        ("Subject", subject_of(ctx)),
+        ("Subject", subject_of(ctx) + (f" (and {ctx.suppressed} more)" if _summary(ctx) else "")),
         ("Date", format_datetime(now)),
         ("Message-ID", make_msgid("mailfilter", domain=msgmod.header_value(hostname, 200))),
         ("Auto-Submitted", "auto-generated"),
@@ -164,17 +225,19 @@ def send(ctx: Context, config: Config, hostname: str, now: datetime) -> str:
     """Mail the report to the admin, unless reports are off or the rate limit holds it back.
 
     Returns what happened: "sent", "suppressed" or "off". Raises DeliveryError
-    when sendmail fails and OSError when the rate-limit state cannot be kept
-    (no state, no report: an outage must never become a mail storm).
+    when sendmail fails or takes longer than [report] timeout, and OSError when
+    the rate-limit state cannot be kept or stays locked (ratelimit.LockTimeout):
+    no state, no report, as an outage must never become a mail storm.
     """
     if not config.report.admin:
         return "off"
     key = rate_key(ctx)
     if key is not None:
-        allowed, suppressed = ratelimit.admit(config.report.state_dir, key, config.report.interval, now.timestamp())
-        if not allowed:
+        admission = ratelimit.admit(config.report.state_dir, key, config.report.interval, now.timestamp(), note(ctx))
+        if not admission.allowed:
             return "suppressed"
-        ctx = replace(ctx, suppressed=suppressed)
+        ctx = replace(ctx, suppressed=admission.suppressed, held=admission.notes)
     data = render(ctx, config.report, hostname, now)
-    reinject.sendmail(data, config.report.sender, [config.report.admin], config.delivery)
+    delivery = DeliveryConfig(sendmail=config.delivery.sendmail, timeout=config.report.timeout)
+    reinject.sendmail(data, config.report.sender, [config.report.admin], delivery)
     return "sent"
