@@ -60,6 +60,8 @@ PIPE_GROUP = "postdrop"
 SETGID_GROUP = PIPE_USER
 PIPE_ARGS = ("pipe", "-q", "${queue_id}", "-f", "${sender}", "--", "${recipient}")
 VENV = Path("/opt/mailfilter-test-venv")
+WRAPPER_SOURCE = ROOT / "wrapper" / "mailfilter-pipe.c"
+WRAPPER_CFLAGS = ("-O2", "-Wall", "-Wextra", "-Werror")  # as scripts/setup builds it
 PAST = time.time() - 3600  # config files this old are not re-read by a starting master
 TIMEOUT = 30.0
 
@@ -195,6 +197,7 @@ class PostfixInstance:
         self.filter_dir = self.work / "filter"
         self.maillog_path = self.work / "maillog"
         self.smtp_port = 0
+        self.submission_port = 0
         for folder, mode in ((self.filter_dir, 0o755), (self.filter_dir / "tmp", 0o700)):
             folder.mkdir(mode=mode)
             os.chown(folder, self.pipe_user.pw_uid, self.pipe_user.pw_gid)
@@ -207,13 +210,22 @@ class PostfixInstance:
         self.close()
 
     def start(
-        self, wiring: Wiring, *, milter: str = "", argv: Sequence[str] = (), config: str | os.PathLike[str] = "", **main_cf: str
+        self,
+        wiring: Wiring,
+        *,
+        milter: str = "",
+        argv: Sequence[str] = (),
+        config: str | os.PathLike[str] = "",
+        submission: Sequence[str] | None = None,
+        **main_cf: str,
     ) -> None:
         """Write main.cf and master.cf for WIRING, start the master and wait until smtpd answers.
 
         milter: the smtpd_milters address ("milter" wiring), e.g. inet:127.0.0.1:PORT.
         argv: the filter command with its pipe(8) macros ("content_filter" wiring), e.g.
         [mailfilter, *PIPE_ARGS]; config: the path exported to it as MAILFILTER_CONFIG.
+        submission: when given, a second smtpd service on submission_port with these master.cf lines
+        (`-o name=value`, as master.cf.example's submission service has), and nothing of the first one's.
         main_cf: more main.cf parameters, which win (milter_command_timeout="5s", allow_min_user="yes", ...).
         """
         if (wiring == "milter") != bool(milter) or (wiring == "content_filter") != bool(argv and config):
@@ -221,10 +233,11 @@ class PostfixInstance:
         if any(arg.split() != [arg] for arg in argv):
             raise ValueError(f"master.cf cannot carry empty arguments or whitespace: {argv!r}")
         self.smtp_port = free_port()
+        self.submission_port = free_port() if submission is not None else 0
         self.config_dir.mkdir(mode=0o755)
         main = self._main_cf(wiring, milter, str(config)) | main_cf
         self._write("main.cf", "".join(f"{key} = {value}\n" for key, value in main.items()))
-        self._write("master.cf", self._master_cf(wiring, argv))
+        self._write("master.cf", self._master_cf(wiring, argv, submission))
         # Postfix creates the rest; these two carry postdrop, not setgid_group, for the pipe user's sendmail.
         for name, mode in (("maildrop", 0o730), ("public", 0o710)):
             folder = self.queue_dir / name
@@ -265,10 +278,12 @@ class PostfixInstance:
             params["export_environment"] = f"{exported} TMPDIR MAILFILTER_CONFIG"
         return params
 
-    def _master_cf(self, wiring: Wiring, argv: Sequence[str]) -> str:
+    def _master_cf(self, wiring: Wiring, argv: Sequence[str], submission: Sequence[str] | None) -> str:
         """Only the services this instance needs, none chrooted."""
         smtpd = f"{HOST}:{self.smtp_port} inet n - n - - smtpd"
         services = [smtpd + ("\n  -o content_filter=mailfilter:dummy" if wiring == "content_filter" else "")]
+        if submission is not None:
+            services.append("\n  ".join([f"{HOST}:{self.submission_port} inet n - n - - smtpd", *submission]))
         services += [
             "pickup unix n - n 60 1 pickup",
             "cleanup unix n - n - 0 cleanup",
@@ -342,10 +357,10 @@ class PostfixInstance:
             self.sink.close()
             shutil.rmtree(self.work, ignore_errors=True)
 
-    def send(self, raw: bytes, sender: str, recipients: Sequence[str]) -> tuple[int, str]:
-        """Submit RAW over SMTP; return the reply to DATA, or the first 4xx/5xx to MAIL or RCPT."""
+    def send(self, raw: bytes, sender: str, recipients: Sequence[str], port: int = 0) -> tuple[int, str]:
+        """Submit RAW over SMTP (to PORT, by default smtpd's); return the reply to DATA, or the first 4xx/5xx to MAIL or RCPT."""
         data = raw.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
-        with smtplib.SMTP(HOST, self.smtp_port, local_hostname="client.example.org", timeout=TIMEOUT) as client:
+        with smtplib.SMTP(HOST, port or self.smtp_port, local_hostname="client.example.org", timeout=TIMEOUT) as client:
             client.ehlo()
             replies = [client.mail(sender, ["BODY=8BITMIME"])]
             replies += [client.rcpt(rcpt) for rcpt in recipients] if replies[0][0] < 400 else []
@@ -447,6 +462,12 @@ def filter_sections(
         },
         "log": {"syslog": False, "file": str(folder / log_name)},
     }
+
+
+def build_wrapper(path: Path) -> Path:
+    """Compile wrapper/mailfilter-pipe.c into PATH (mode 0755: the pipe user runs it), warnings being errors; return PATH."""
+    _run(["gcc", *WRAPPER_CFLAGS, "-o", path, WRAPPER_SOURCE])
+    return path
 
 
 def filter_venv(venv: Path = VENV) -> Path:
