@@ -116,7 +116,9 @@ class SpamdConfig:
         "tempfail", "spamd down, timing out or failing: 'tempfail' (keep mail queued) or 'accept' (deliver unscanned)", ON_ERROR
     )
     max_size: int = _key(
-        512000, "bytes spamd is sent: a larger message is scored on its first max_size bytes, cut at a line end (as amavisd-new does)", _bytes
+        512000,
+        "bytes spamd is sent: a larger message is scored on its first max_size bytes, cut at a line end (as amavisd-new does)",
+        _bytes,
     )
 
 
@@ -164,7 +166,9 @@ class PolicyConfig:
 class ReportConfig:
     admin: str = _key("postmaster", "who receives VIRUS FOUND / ANTIVIRUS FAILED reports ('' turns reports off)")
     sender: str = _key("postmaster", "envelope sender and From: of the reports")
-    interval: float = _key(3600.0, "seconds between two reports of the same kind (a scanner failure, a virus); the rest are counted", _seconds(MAX_INTERVAL))
+    interval: float = _key(
+        3600.0, "seconds between two reports of the same kind (a scanner failure, a virus); the rest are counted", _seconds(MAX_INTERVAL)
+    )
     state_dir: str = _key("/var/lib/mailfilter", "where the report rate limit and the pipe metrics keep their state", _absolute)
     timeout: float = _key(30.0, "seconds the admin report's sendmail may take (after the message's fate is sealed)", _seconds())
     journal_dir: str = _key(

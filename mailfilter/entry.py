@@ -29,6 +29,14 @@ def _command(argv: list[str]) -> str | None:
     return None
 
 
+def _syslog(text: str) -> None:
+    """One line to syslog (facility mail), without the logging package: it may be what failed."""
+    import syslog
+
+    syslog.openlog("mailfilter/pipe", syslog.LOG_PID, syslog.LOG_MAIL)
+    syslog.syslog(syslog.LOG_ERR, text.replace("\n", " ")[:1000])
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if _command(argv) == "pipe":
@@ -44,9 +52,10 @@ def main(argv: list[str] | None = None) -> None:
                 from .doors import pipe
 
                 status = pipe.main(argv, sys.stdin.buffer, sys.stdout, note=str(no_worker))
-        except BaseException:  # noqa: BLE001 - last resort: pipe.main already catches everything
+        except BaseException as exc:  # noqa: BLE001 - last resort: pipe.main already catches everything
             try:
                 sys.stdout.write("4.3.0 mailfilter: internal error, message deferred\n")
+                _syslog(f"error: internal error before the filter's own handling ({type(exc).__name__}: {exc}), message deferred")
             except BaseException:  # noqa: BLE001, S110 - nothing left to tell; the exit status still defers
                 pass
         finally:

@@ -108,6 +108,7 @@ def test_clean_message_goes_through_the_worker_byte_for_byte(worker, answers, se
     assert argv == ["-G", "-i", "-f", *ENVELOPE[:1], "--", *ENVELOPE[1:]]
     assert data.endswith(raw.split(b"\n\n", 1)[1]) or data.endswith(raw[-1000:])
     assert data.endswith(b"\x00no final newline" * 8000)
+    w.idle()  # the summary line is written after the reply
     assert "mailfilter/worker" in log_text(tmp_path) and "4F2A1C: from=<alice@example.org>, nrcpt=2, verdict=clean" in log_text(tmp_path)
 
 
@@ -118,6 +119,7 @@ def test_virus_is_quarantined_by_the_worker(worker, answers, sendmail, tmp_path)
     assert hand_off(w.config_path, raw)[:2] == (0, None)
     [(meta, stored)] = quarantined(tmp_path / "quarantine")
     assert stored == raw and meta["queue_id"] == "4F2A1C"
+    w.idle()  # the report goes after the reply
     [(argv, report)] = sendmail.calls
     assert argv[-1] == "admin@example.net" and b"Subject: VIRUS FOUND" in report
 
@@ -244,7 +246,7 @@ def test_worker_failing_after_go_defers(tmp_path, make_config, behaviour, said):
     status, line, _ = hand_off(path, corpus.clean() * 100)
     fake.thread.join(5)
     assert status == 75 and line.startswith(f"4.3.0 mailfilter: {said}") and line.endswith("message deferred")
-    assert fake.received.startswith(b"MAILFILTER-PIPE/1 ")
+    assert fake.received.startswith(b"MAILFILTER-PIPE/2 ")
 
 
 def test_silent_worker_is_passed_by(tmp_path, make_config, monkeypatch):
@@ -267,7 +269,7 @@ def test_client_deadline_defers_and_the_worker_delivers_nothing(worker, answers,
     assert (status, line) == (75, "4.3.0 mailfilter: filter deadline of 0.5 s exceeded, message deferred")
     w.idle()
     assert sendmail.calls == [] and quarantined(tmp_path / "quarantine") == []
-    assert "4F2A1C: mailfilter: the pipe client hung up before the verdict was applied; nothing delivered" in log_text(tmp_path)
+    assert "4F2A1C: mailfilter: the pipe client gave up before delivery" in log_text(tmp_path)
 
 
 def test_message_cut_short_is_never_delivered(worker, answers, sendmail, tmp_path):
@@ -276,7 +278,7 @@ def test_message_cut_short_is_never_delivered(worker, answers, sendmail, tmp_pat
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.connect(str(tmp_path / "run" / "worker.sock"))
         fields = b"\0".join(s.encode() for s in [w.config_path, "", "pipe", *DEFAULT_ARGS])
-        sock.sendall(b"MAILFILTER-PIPE/1 %d\n" % len(fields) + fields)
+        sock.sendall(b"MAILFILTER-PIPE/2 %d\n" % len(fields) + fields)
         assert sock.recv(3) == b"GO\n"
         sock.sendall(b"100\nFrom: a@example.org\n\nonly part of it")
     w.idle()
@@ -284,7 +286,7 @@ def test_message_cut_short_is_never_delivered(worker, answers, sendmail, tmp_pat
     assert "4F2A1C: mailfilter: the pipe client's message ended early" in log_text(tmp_path)
 
 
-@pytest.mark.parametrize("greeting", [b"HELLO\n", b"MAILFILTER-PIPE/1 999999999\n", b"MAILFILTER-PIPE/1 50\nshort", b""])
+@pytest.mark.parametrize("greeting", [b"HELLO\n", b"MAILFILTER-PIPE/2 999999999\n", b"MAILFILTER-PIPE/2 50\nshort", b""])
 def test_bad_greeting_does_not_hurt_the_next_client(worker, answers, sendmail, tmp_path, greeting):
     answers(HAM, CLEAN)
     w = worker()
@@ -313,6 +315,7 @@ def test_concurrent_client_processes_each_delivered_once(worker, answers, sendma
     assert ([proc.returncode for proc, _ in procs], outputs) == ([0] * 20, [b""] * 20)
     subjects = sorted(data.split(b"Subject: ", 1)[1][:4] for _, data in sendmail.calls)
     assert subjects == sorted(b"n%03d" % n for n in range(20))
+    w.idle()
     assert log_text(tmp_path).count("mailfilter/worker") >= 20  # the worker did them, not the processes themselves
 
 
@@ -464,3 +467,158 @@ def test_simple_reader_never_disagrees_with_tomllib():
             continue  # the full loader refuses it; the worker cannot be serving it either
         assert simple == {k: v for k, v in table.items() if k in ("worker", "deadline")}, text
     assert answered > 300  # the reader answered often enough for the comparison to mean something
+
+
+def _greet_raw(sock: socket.socket, config_path: str, version: bytes = b"MAILFILTER-PIPE/2") -> bytes:
+    fields = b"\0".join(s.encode() for s in [config_path, "", "pipe", *DEFAULT_ARGS])
+    sock.sendall(version + b" %d\n" % len(fields) + fields)
+    return sock.recv(100)
+
+
+def _send_raw_message(sock: socket.socket, raw: bytes) -> None:
+    sock.sendall(b"%d\n" % len(raw) + raw + b"0\n")
+
+
+def test_delivery_longer_than_the_client_deadline_is_waited_for_and_done_once(worker, answers, sendmail, tmp_path):
+    """The client's deadline covers the scan; once it said ACT it waits for the delivery ([delivery] timeout).
+    Before, a client whose deadline struck during a slow sendmail deferred (75) while the worker went on and
+    delivered: Postfix's retry then delivered a second copy."""
+    answers(HAM, CLEAN)
+    w = worker(pipe={"deadline": 1.0}, delivery={"sendmail": sendmail.argv("--sleep", "2"), "timeout": 30})
+    started = time.monotonic()
+    assert hand_off(w.config_path, corpus.clean())[:2] == (0, None)
+    assert time.monotonic() - started >= 2
+    w.idle()
+    assert len(sendmail.calls) == 1
+
+
+def test_client_that_gives_up_before_act_gets_nothing_delivered(worker, answers, sendmail, tmp_path):
+    """A client that reads READY but does not say ACT (its deadline struck): nothing is delivered or stored."""
+    answers(HAM, CLEAN)
+    w = worker()
+    for raw in (corpus.clean(), corpus.eicar_attached()):
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.connect(str(tmp_path / "run" / "worker.sock"))
+            assert _greet_raw(sock, w.config_path) == b"GO\n"
+            _send_raw_message(sock, raw)
+            assert sock.recv(100).startswith(b"READY ")
+        w.idle()
+    assert sendmail.calls == [] and quarantined(tmp_path / "quarantine") == []
+    assert log_text(tmp_path).count("the pipe client gave up before delivery; nothing delivered") == 2
+
+
+def test_client_that_says_something_else_than_act_gets_nothing_delivered(worker, answers, sendmail, tmp_path):
+    answers(HAM, CLEAN)
+    w = worker()
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.connect(str(tmp_path / "run" / "worker.sock"))
+        assert _greet_raw(sock, w.config_path) == b"GO\n"
+        _send_raw_message(sock, corpus.clean())
+        assert sock.recv(100).startswith(b"READY ")
+        sock.sendall(b"NO\n")
+        assert sock.recv(200).startswith(b"75 ")  # deferred: nothing was done
+    w.idle()
+    assert sendmail.calls == []
+
+
+def test_act_then_reply_and_the_bookkeeping_after_the_reply(worker, answers, sendmail, tmp_path):
+    """With ACT the worker delivers and answers 0; the summary line follows the reply."""
+    answers(HAM, CLEAN)
+    w = worker()
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.connect(str(tmp_path / "run" / "worker.sock"))
+        assert _greet_raw(sock, w.config_path) == b"GO\n"
+        _send_raw_message(sock, corpus.clean())
+        ready = sock.recv(100)
+        assert ready.startswith(b"READY ") and int(ready.split()[1]) >= 30  # [delivery] timeout 30 s and a margin
+        sock.sendall(b"ACT\n")
+        assert sock.recv(100) == b"0 0\n"
+    w.idle()
+    assert len(sendmail.calls) == 1 and "verdict=clean" in log_text(tmp_path)
+
+
+def test_deferral_and_reject_come_without_ready(worker, answers, sendmail):
+    """Nothing to deliver: the worker answers at once, the client needs no ACT."""
+    w = worker(policy={"virus": "reject"}, report={"admin": ""})
+    answers(HAM, CLAM_DOWN)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.connect(str(w.worker.config.pipe.worker))
+        assert _greet_raw(sock, w.config_path) == b"GO\n"
+        _send_raw_message(sock, corpus.clean())
+        assert sock.recv(100).startswith(b"75 ")
+    assert sendmail.calls == []
+
+
+def test_client_of_another_protocol_version_is_declined(worker, answers, sendmail, tmp_path):
+    """A client of the release before (a half-done upgrade) filters its message itself."""
+    answers(HAM, CLEAN)
+    w = worker()
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.connect(str(tmp_path / "run" / "worker.sock"))
+        assert _greet_raw(sock, w.config_path, b"MAILFILTER-PIPE/1").startswith(b"DECLINE it speaks MAILFILTER-PIPE/2")
+    assert sendmail.calls == []
+
+
+@pytest.mark.parametrize("size", [b"99999999999999999999", b"1048577"])
+def test_chunk_larger_than_the_protocol_allows_is_refused(worker, answers, sendmail, tmp_path, size):
+    answers(HAM, CLEAN)
+    w = worker()
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.connect(str(tmp_path / "run" / "worker.sock"))
+        assert _greet_raw(sock, w.config_path) == b"GO\n"
+        sock.sendall(size + b"\nFrom: a@example.org\n\n")
+        sock.shutdown(socket.SHUT_WR)
+        sock.recv(100)
+    w.idle()
+    assert sendmail.calls == []
+    assert "nothing delivered" in log_text(tmp_path)
+
+
+def test_message_over_pipe_max_size_is_refused_not_scanned(worker, answers, sendmail, tmp_path):
+    answers(HAM, CLEAN)
+    w = worker(pipe={"max_size": 100_000})
+    status, line, _ = hand_off(w.config_path, corpus.clean() + b"x" * 200_000)
+    assert (status, line) == (69, "5.3.4 mailfilter: message larger than 100000 bytes cannot be scanned")
+    assert sendmail.calls == []
+    assert hand_off(w.config_path, corpus.clean())[:2] == (0, None)
+
+
+def test_socket_in_a_folder_others_can_write_is_not_used(tmp_path, make_config):
+    folder = tmp_path / "open"
+    folder.mkdir()
+    folder.chmod(0o777)  # anybody could have bound the socket, or replace it
+    path = make_config(pipe={"worker": str(folder / "worker.sock")})
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(folder / "worker.sock"))
+    listener.listen()
+    stdin = io.BytesIO(corpus.clean())
+    try:
+        with pytest.raises(pipeclient.NoWorker, match=r"not using the pipe worker socket: .*open can be written by others"):
+            pipeclient.hand_off(["--config", path, "pipe", *DEFAULT_ARGS], stdin, environ={})
+    finally:
+        listener.close()
+    assert stdin.tell() == 0
+    with pytest.raises(workermod.WorkerError, match="can be written by others"):
+        workermod.open_socket(str(folder / "other.sock"))
+
+
+def test_unsafe_socket_rules(tmp_path):
+    safe = tmp_path / "safe"
+    safe.mkdir(mode=0o700)
+    assert pipeclient.unsafe_socket(str(safe / "absent.sock"), 0) is None
+    (safe / "file").write_text("")
+    assert "is not a socket" in pipeclient.unsafe_socket(str(safe / "file"), 0)
+    sticky = tmp_path / "sticky"
+    sticky.mkdir()
+    sticky.chmod(0o1777)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.bind(str(sticky / "w.sock"))
+    try:
+        assert pipeclient.unsafe_socket(str(sticky / "w.sock"), 0) is None  # ours, in a sticky folder: nobody can replace it
+        assert pipeclient.unsafe_socket(str(sticky / "w.sock"), 4242) == f"{sticky / 'w.sock'} belongs to uid 0, not to uid 4242"
+    finally:
+        sock.close()
+    link = tmp_path / "link"
+    link.symlink_to(safe)
+    (safe / "w2.sock").touch()
+    assert "not a folder" in (pipeclient.unsafe_folder(str(link), 0) or "")

@@ -46,6 +46,15 @@ SENDER, RECIPIENTS, ADMIN = "alice@example.org", ("bob@example.net", "carol@exam
 SUMMARY = re.compile(r" (mailfilter/\w+)\[(\d+)\]: (\S+): from=<(.*)$", re.MULTILINE)
 
 
+def eventually(probe, timeout: float = TIMEOUT):
+    """PROBE() once it is truthy (the worker writes its report and summary line after its reply), polled."""
+    deadline = time.monotonic() + timeout
+    while not (value := probe()):
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.05)
+    return value
+
+
 def tagged(raw: bytes, queue_id: str) -> bytes:
     """RAW with QUEUE_ID at the start of its Subject, to tell the deliveries apart."""
     return raw.replace(b"\nSubject: ", f"\nSubject: [{queue_id}] ".encode(), 1)
@@ -261,7 +270,7 @@ def test_worker_process_filters_for_pipe_processes(rig):
     """Clean delivered, GTUBE tagged, EICAR quarantined and reported: all done by the worker, none by the clients."""
     worker = rig.worker()
     clean, gtube, eicar = tagged(corpus.clean(), "WCLEAN"), tagged(corpus.gtube(), "WGTUBE"), corpus.eicar_attached()
-    runs = [rig.pipe(clean, "WCLEAN", root=True), rig.pipe(gtube, "WGTUBE"), rig.pipe(eicar, "WEICAR")]
+    runs = [rig.pipe(clean, "WCLEAN"), rig.pipe(gtube, "WGTUBE"), rig.pipe(eicar, "WEICAR")]
     assert [(r.status, r.stdout, r.stderr) for r in runs] == [(0, "", "")] * 3, runs
 
     [(argv, data)] = rig.delivered("WCLEAN")
@@ -282,7 +291,7 @@ def test_worker_process_filters_for_pipe_processes(rig):
     assert rig.quarantine.stat().st_uid == user.pw_uid and mode(rig.quarantine) == 0o700
     for path in (rig.quarantine / f"{meta['id']}.eml", rig.quarantine / f"{meta['id']}.json"):
         assert (path.stat().st_uid, mode(path)) == (user.pw_uid, 0o600), path
-    [(argv, report)] = [call for call in rig.sendmail.calls if call[0][-1] == ADMIN]
+    [(argv, report)] = eventually(lambda: [call for call in rig.sendmail.calls if call[0][-1] == ADMIN])
     assert b"Subject: VIRUS FOUND" in report and f"Quarantine id:  {meta['id']}".encode() in report
     assert len(rig.sendmail.calls) == 3  # clean, GTUBE, the report: nothing twice
 
@@ -352,7 +361,8 @@ def test_worker_refuses_root_a_second_worker_and_replaces_a_stale_socket(rig):
     assert second.proc.wait(TIMEOUT) == 1
     assert f"another worker is listening on {rig.socket}" in second.output() and second.said_nothing()
     run = rig.pipe(tagged(corpus.clean(), "WFIRST"), "WFIRST")
-    assert run.status == 0 and [s[:2] for s in summaries(rig.log(), "WFIRST")] == [("mailfilter/worker", first.pid)]
+    assert run.status == 0
+    assert [s[:2] for s in eventually(lambda: summaries(rig.log(), "WFIRST"))] == [("mailfilter/worker", first.pid)]
 
     first.proc.kill()
     assert first.proc.wait(TIMEOUT) == -signal.SIGKILL
@@ -366,7 +376,8 @@ def test_worker_refuses_root_a_second_worker_and_replaces_a_stale_socket(rig):
     third = rig.worker()
     assert stat.S_IMODE(os.lstat(rig.socket).st_mode) == 0o600  # a new socket (the inode number may well be the same)
     run = rig.pipe(tagged(corpus.clean(), "WTHIRD"), "WTHIRD")
-    assert run.status == 0 and [s[:2] for s in summaries(rig.log(), "WTHIRD")] == [("mailfilter/worker", third.pid)]
+    assert run.status == 0
+    assert [s[:2] for s in eventually(lambda: summaries(rig.log(), "WTHIRD"))] == [("mailfilter/worker", third.pid)]
     assert [len(rig.delivered(q)) for q in ("WFIRST", "WSTALE", "WTHIRD")] == [1, 1, 1]
 
 
@@ -458,3 +469,69 @@ def test_postfix_pipe_hands_its_messages_to_the_worker(postfix, postfix_worker):
     # The worker's sendmail reached this instance (MAIL_CONFIG), as the pipe user: the reinjected message and the report.
     pickup = rf"postfix/pickup\[\d+\]: \w+: uid={postfix.pipe_user.pw_uid} from=<"
     postfix.wait_for(lambda: len(re.findall(pickup, postfix.maillog())) == 2, what="two messages picked up from the pipe user")
+
+
+IMPOSTOR = r"""
+import socket, sys
+listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+listener.bind(sys.argv[1])
+listener.listen()
+print("listening", flush=True)
+while True:
+    conn, _ = listener.accept()
+    with conn:
+        data = conn.recv(65536)
+        conn.sendall(b"GO\n")
+        while not data.endswith(b"0\n"):
+            more = conn.recv(65536)
+            if not more:
+                break
+            data += more
+        conn.sendall(b"0 0\n")  # "delivered": the message would be gone
+"""
+
+
+def test_a_socket_bound_first_by_another_user_never_gets_the_mail(rig):
+    """A worker path in a folder anybody may write (here a sticky /tmp-like one): another local user binds it
+    first and answers "delivered" to everything. The pipe process must not hand it the message (the socket
+    is not its user's, and SO_PEERCRED says who listens) and filters it itself: delivered once, not lost."""
+    shared = rig.folder / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    rig.socket = shared / "worker.sock"
+    rig.configure()
+    impostor = subprocess.Popen(
+        ["/usr/bin/python3", "-c", IMPOSTOR, str(rig.socket)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, user="nobody"
+    )
+    try:
+        assert impostor.stdout.readline() == b"listening\n"
+        run = rig.pipe(tagged(corpus.clean(), "WIMPOSTOR"), "WIMPOSTOR")
+        assert (run.status, run.stdout) == (0, "")
+        assert len(rig.delivered("WIMPOSTOR")) == 1
+        [(tag, pid, _)] = summaries(rig.log(), "WIMPOSTOR")
+        assert (tag, pid) == ("mailfilter/pipe", run.pid)
+        assert f"not using the pipe worker socket: {rig.socket} belongs to uid {pwd.getpwnam('nobody').pw_uid}" in rig.log()
+    finally:
+        impostor.kill()
+        impostor.wait()
+        impostor.stdout.close()
+
+
+def test_a_stale_socket_of_another_user_is_a_clear_refusal(rig):
+    """A socket file of another user where the worker would listen: `mailfilter worker` says why and exits 1,
+    without a traceback (it used to crash trying to remove it)."""
+    shared = rig.folder / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    rig.socket = shared / "worker.sock"
+    rig.configure()
+    subprocess.run(
+        ["/usr/bin/python3", "-c", "import socket,sys; socket.socket(socket.AF_UNIX).bind(sys.argv[1])", str(rig.socket)],
+        check=True,
+        user="nobody",
+    )
+    worker = rig.worker(ready=False)
+    assert worker.proc.wait(TIMEOUT) == 1
+    assert f"cannot replace the stale socket {rig.socket}" in worker.output() and "Traceback" not in worker.output()
+    run = rig.pipe(tagged(corpus.clean(), "WSTALE2"), "WSTALE2")  # mail still flows, filtered by the pipe process
+    assert run.status == 0 and len(rig.delivered("WSTALE2")) == 1

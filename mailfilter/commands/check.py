@@ -231,18 +231,20 @@ def coherence(postfix: PostfixLimits, stream_max: int | None, config: Config) ->
             "lower [spamd]/[clamd] timeout or raise milter_content_timeout",
         )
     )
-    deadline, limit = config.pipe.deadline, postfix.command_time_limit
-    lines.append(
-        _limit(
-            "pipe time",
-            deadline < limit,
-            f"[pipe] deadline {deadline:g} s",
-            below,
-            f"Postfix command_time_limit {limit} s",
-            "Postfix may kill the filter before it defers cleanly",
-            "lower [pipe] deadline or raise command_time_limit",
-        )
+    from ..doors.pipe import worst_case
+
+    longest, made_of = worst_case(config)
+    limit = postfix.command_time_limit
+    line = _limit(
+        "pipe time",
+        longest < limit,
+        f"pipe worst case {longest:g} s ({made_of})",
+        below,
+        f"Postfix command_time_limit {limit} s",
+        "pipe(8) may kill a filter that has delivered: Postfix defers the message and delivers it again",
+        "lower [pipe] deadline, [delivery] timeout or [report] timeout, or raise command_time_limit",
     )
+    lines.append(line if line.status is Status.OK else Line(Status.FAIL, line.subject, line.text, line.fix))
     return lines
 
 
@@ -363,6 +365,9 @@ def worker_line(config: Config, environ: Mapping[str, str]) -> Line:
     try:
         status, text = pipeclient.hand_off(argv, io.BytesIO(b""), environ)
     except pipeclient.NoWorker as exc:
+        if str(exc).startswith("not using the pipe worker socket"):
+            fix = "put [pipe] worker in a folder only the filter's user (and root) can write, e.g. /run/mailfilter-pipe (0700)"
+            return Line(Status.FAIL, "pipe worker", f"{exc}; every pipe process filters its message itself", fix)
         if not str(exc):
             return Line(Status.OK, "pipe worker", f"none on {config.pipe.worker}: each `mailfilter pipe` filters its message itself")
         return Line(Status.WARN, "pipe worker", str(exc), "run `mailfilter worker` as pipe(8)'s user, with this config and MAIL_CONFIG")

@@ -20,9 +20,13 @@ from datetime import UTC, datetime
 from typing import BinaryIO, TextIO
 
 from ..defaults import PIPE_DEADLINE
-from ..exitcodes import EX_OK, EX_TEMPFAIL, PIPE_EXIT_BY_ACTION
+from ..exitcodes import EX_OK, EX_TEMPFAIL, EX_UNAVAILABLE, PIPE_EXIT_BY_ACTION
 from ..model import Dsn, Envelope
 from ..spool import Spool
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from ..config import Config
 
 USAGE = "usage: mailfilter [--config PATH] pipe [--config PATH] [-q QUEUE_ID] -f SENDER -- RECIPIENT..."
 HELP = f"""{USAGE}
@@ -39,6 +43,24 @@ master.cf:
     argv=/usr/local/bin/mailfilter pipe -q ${{queue_id}} -f ${{sender}} -- ${{recipient}}
 """
 DEFAULT_DEADLINE = PIPE_DEADLINE  # until the config is read
+# Seconds a quarantine write (a few fsyncs) is allowed where a delivery budget is counted.
+QUARANTINE_ALLOWANCE = 30
+
+
+def worst_case(config: Config) -> tuple[float, str]:
+    """The longest a `pipe` run can take, and how that sum is made: [pipe] deadline for reading and
+    scanning, then [delivery] timeout (or a quarantine write), the worker hand-over's margin, and the
+    admin report after the fate is sealed. Postfix's command_time_limit must be above it, or pipe(8)
+    could kill a filter that has delivered (and a killed filter is a deferral: a second delivery)."""
+    from .pipeclient import ACT_MARGIN
+
+    parts = [
+        (config.pipe.deadline, "[pipe] deadline"),
+        (config.delivery.timeout + QUARANTINE_ALLOWANCE, f"[delivery] timeout + {QUARANTINE_ALLOWANCE} s"),
+        (ACT_MARGIN, "hand-over margin"),
+        (config.report.timeout, "[report] timeout"),
+    ]
+    return sum(seconds for seconds, _ in parts), " + ".join(f"{what} {seconds:g}" for seconds, what in parts)
 
 
 class UsageError(Exception):
@@ -143,6 +165,19 @@ def _disarm() -> None:
     signal.setitimer(signal.ITIMER_REAL, 0)
 
 
+@dataclass(frozen=True)
+class Answer:
+    """What the door answers pipe(8), and the bookkeeping to run once that answer is final.
+
+    AFTER (admin report, journal, metrics, the summary line) runs after the message's fate is
+    sealed or its deferral decided; it never raises and never changes STATUS.
+    """
+
+    status: int
+    line: str | None = None
+    after: Callable[[], None] | None = None
+
+
 def main(argv: list[str], stdin: BinaryIO, stdout: TextIO, environ: Mapping[str, str] | None = None, note: str = "") -> int:
     """Run the pipe door in this process; return 0, 69 or 75, whatever happens inside.
 
@@ -154,18 +189,32 @@ def main(argv: list[str], stdin: BinaryIO, stdout: TextIO, environ: Mapping[str,
         from .. import log
 
         log.configure("mailfilter/pipe", None, stderr=False)
-        status, line = handle(argv, stdin, started, environ=environ, note=note)
+        answer = handle(argv, stdin, started, environ=environ, note=note)
     except BaseException as exc:  # noqa: BLE001 - handle() catches everything; this is for a broken log set-up
-        status, line = EX_TEMPFAIL, _failure_dsn(exc, DEFAULT_DEADLINE)[0].line()
+        answer = Answer(EX_TEMPFAIL, _failure_dsn(exc, DEFAULT_DEADLINE)[0].line())
     finally:
         _disarm()
-    if line:
+    finish(answer)
+    if answer.line:
         try:
-            stdout.write(line + "\n")
+            stdout.write(answer.line + "\n")
             stdout.flush()
         except (OSError, ValueError):
             pass  # pipe(8) still reads the exit status
-    return status
+    return answer.status
+
+
+def finish(answer: Answer) -> None:
+    """Run ANSWER's bookkeeping. Nothing it raises (not even the deadline's signal) reaches the answer."""
+    if answer.after is None:
+        return
+    try:
+        answer.after()
+    except BaseException:  # noqa: BLE001 - the answer is final; _bookkeeping logged what it could
+        try:
+            logging.getLogger("mailfilter").exception("bookkeeping after the answer failed; the answer stands")
+        except BaseException:  # noqa: BLE001, S110 - a broken log must not change the exit status
+            pass
 
 
 def handle(
@@ -174,17 +223,18 @@ def handle(
     started: float,
     config=None,
     environ: Mapping[str, str] | None = None,
-    still_wanted: Callable[[], bool] | None = None,
+    gate: Callable[[Config], None] | None = None,
     runner=None,
     note: str = "",
-) -> tuple[int, str | None]:
-    """Parse the arguments, filter the message on STDIN, act; return the exit status and the line to print.
+) -> Answer:
+    """Parse the arguments, filter the message on STDIN, act; return the Answer.
 
     Shared by both halves of `pipe`. In this process (CONFIG None) the config is loaded
-    from the arguments and the SIGALRM deadline is re-armed from [pipe] deadline; the
-    worker passes the config it serves and its pipeline.Runner, and the client keeps
-    the deadline. NOTE says why no worker took the message (a warning when not empty).
-    Every exception becomes a deferral here.
+    from the arguments, the SIGALRM deadline is re-armed from [pipe] deadline for reading and
+    scanning, and disarmed before delivery. The worker passes the config it serves, its
+    pipeline.Runner and a GATE that asks its client whether it still waits (raising ClientGone
+    if not); the client keeps the deadline. NOTE says why no worker took the message.
+    Every exception before the message's fate is sealed becomes a deferral here.
     """
     in_process = config is None
     deadline = DEFAULT_DEADLINE if config is None else config.pipe.deadline
@@ -206,11 +256,14 @@ def handle(
         from ..spool import Spool
 
         with Spool() as spool:
-            spool.fill(stdin)
-            return filter_message(args.envelope, spool, config, logger, started, still_wanted, runner)
+            try:
+                spool.fill(_Limited(stdin, config.pipe.max_size))
+            except MessageTooLarge:
+                return _too_large(args.envelope, stdin, config, logger, started)
+            return filter_message(args.envelope, spool, config, logger, started, gate or _in_process_gate, runner)
     except HelpRequested:
-        return EX_OK, HELP.rstrip("\n")
-    except BaseException as exc:  # noqa: BLE001 - the one boundary: everything becomes a deferral
+        return Answer(EX_OK, HELP.rstrip("\n"))
+    except BaseException as exc:  # noqa: BLE001 - the one boundary: everything before the seal becomes a deferral
         if in_process:
             _disarm()
         dsn, unexpected = _failure_dsn(exc, deadline)
@@ -221,31 +274,71 @@ def handle(
                 logger.warning("%s: %s", queue_id, dsn.text)
         except BaseException:  # noqa: BLE001, S110 - a broken log must not change the exit status
             pass
-        return EX_TEMPFAIL, dsn.line()
+        return Answer(EX_TEMPFAIL, dsn.line())
+
+
+class MessageTooLarge(Exception):
+    pass
+
+
+class _Limited:
+    """STDIN for Spool.fill, refusing more than LIMIT bytes (MessageTooLarge)."""
+
+    def __init__(self, stream: BinaryIO, limit: int) -> None:
+        self._stream, self._left = stream, limit
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._stream.read(size)
+        self._left -= len(data)
+        if self._left < 0:
+            raise MessageTooLarge
+        return data
+
+
+def _too_large(envelope: Envelope, stdin: BinaryIO, config: Config, logger: logging.Logger, started: float) -> Answer:
+    """Over [pipe] max_size: refused (69, 5.3.4) without scanning, as the milter refuses with 552 5.3.4."""
+    from ..spool import CHUNK
+
+    while stdin.read(CHUNK):  # the worker's client sends it all before it reads the answer
+        pass
+    limit = config.pipe.max_size
+    dsn = Dsn((5, 3, 4), f"mailfilter: message larger than {limit} bytes cannot be scanned")
+
+    def after() -> None:
+        from .. import journal, log, metrics
+
+        delay = time.monotonic() - started
+        metrics.account(journal.event("pipe", envelope, None, None, "reject", limit, delay, datetime.now(UTC)), config, logger)
+        logger.info("%s", log.summary(envelope, None, None, delay, action="reject", size=f">{limit}"))
+
+    return Answer(EX_UNAVAILABLE, dsn.line(), after)
+
+
+def _in_process_gate(config: Config) -> None:
+    """In a pipe process: [pipe] deadline covered reading and scanning; delivery is bounded by
+    [delivery] timeout instead, so that the deadline can never strike after sendmail accepted."""
+    _disarm()
 
 
 def filter_message(
     envelope: Envelope,
     spool: Spool,
-    config,
+    config: Config,
     logger: logging.Logger,
     started: float,
-    still_wanted: Callable[[], bool] | None = None,
+    gate: Callable[[Config], None] = _in_process_gate,
     runner=None,
-) -> tuple[int, str | None]:
-    """Scan, decide, act. Returns the exit status and the status line to print (None on success).
+) -> Answer:
+    """Scan, decide, pass the GATE, act. Returns the Answer; its bookkeeping runs later (finish()).
 
-    STILL_WANTED (the worker's) says whether the client is still waiting: one that gave up
-    (its deadline) has already deferred the message, so nothing is delivered or stored for it.
+    The message's fate is sealed when sendmail has accepted it or its quarantine entry is
+    durable: from that point on the answer is success, whatever the bookkeeping meets.
     """
-    from .. import journal, message, metrics, pipeline
+    from .. import pipeline
     from ..actions import quarantine, reinject
-    from ..log import summary
     from ..model import Action
 
     outcome = runner.run(spool, config) if runner else pipeline.run(spool, config)
-    if still_wanted is not None and not still_wanted():
-        raise ClientGone
     decision = outcome.decision
     queue_id = envelope.queue_id or "NOQUEUE"
     for failure in outcome.results.failures:
@@ -254,26 +347,62 @@ def filter_message(
         logger.warning("%s: %s", queue_id, warning)
 
     quarantine_id = None
-    if decision.action is Action.DELIVER:
-        reinject.reinject(message.rewrite(spool.read(), decision.headers), envelope, config.delivery)
-    elif decision.action is Action.QUARANTINE:
-        quarantine_id = quarantine.store(spool, quarantine.describe(envelope, spool, outcome.results, decision), config.quarantine.dir)
+    if decision.action in (Action.DELIVER, Action.QUARANTINE):
+        gate(config)  # the worker's client must still wait for the answer; raises ClientGone if not
+        if decision.action is Action.DELIVER:
+            reinject.reinject(_rewritten(spool, decision.headers), envelope, config.delivery)
+        else:
+            meta = quarantine.describe(envelope, spool, outcome.results, decision)
+            quarantine_id = quarantine.store(spool, meta, config.quarantine.dir)
+        # Sealed: from here on nothing may turn this message into a deferral.
 
+    head = _head(spool)  # the door closes SPOOL before the bookkeeping runs
+
+    def after() -> None:
+        with head:
+            _bookkeeping(envelope, head, outcome, quarantine_id, config, logger, started)
+
+    status = PIPE_EXIT_BY_ACTION[decision.action]
+    return Answer(status, decision.dsn.line() if decision.dsn else None, after)
+
+
+def _rewritten(spool: Spool, headers: tuple[tuple[str, str], ...]) -> bytes:
+    """The message with our headers."""
+    from .. import message
+
+    return message.rewrite(spool.read(), headers)
+
+
+def _head(spool: Spool) -> Spool:
+    """A copy of what the bookkeeping reads of SPOOL (its header, for the report), with the message's size."""
+    from .. import message
+    from ..spool import Spool as SpoolClass
+
+    head = SpoolClass.of(spool.read(message.HEAD_LIMIT))
+    head.size = spool.size
+    return head
+
+
+def _bookkeeping(envelope: Envelope, spool: Spool, outcome, quarantine_id: str | None, config: Config, logger, started: float) -> None:
+    """Admin report, journal and metrics, summary line: each failure is logged and never raised."""
+    from .. import journal, metrics
+    from ..log import summary
+
+    decision = outcome.decision
     report = _report(envelope, spool, outcome, quarantine_id, config, logger) if decision.report else None
     delay = time.monotonic() - started
-    now = datetime.now(UTC)
-    metrics.account(
-        journal.event("pipe", envelope, outcome.results, decision, decision.action.value, spool.size, delay, now, quarantine_id),
-        config,
-        logger,
-    )
+    try:
+        now = datetime.now(UTC)
+        entry = journal.event("pipe", envelope, outcome.results, decision, decision.action.value, spool.size, delay, now, quarantine_id)
+        metrics.account(entry, config, logger)
+    except Exception as exc:  # noqa: BLE001 - bookkeeping never changes the message's fate
+        logger.error("%s: journal/metrics not written: %s", envelope.queue_id or "NOQUEUE", exc)
     logger.info("%s", summary(envelope, outcome.results, decision, delay, quarantine=quarantine_id, report=report))
-    return PIPE_EXIT_BY_ACTION[decision.action], decision.dsn.line() if decision.dsn else None
 
 
-def _report(envelope: Envelope, spool: Spool, outcome, quarantine_id: str | None, config, logger: logging.Logger) -> str:
+def _report(envelope: Envelope, spool: Spool, outcome, quarantine_id: str | None, config: Config, logger: logging.Logger) -> str:
     """Send the admin report. Its failure is logged and never changes the message's fate,
-    which is already sealed (delivered, durably quarantined, or about to be deferred)."""
+    which is already sealed (delivered, durably quarantined, or deferred)."""
     from ..actions import report
 
     try:

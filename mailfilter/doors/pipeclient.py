@@ -11,10 +11,27 @@ everything once.
 The protocol, over the worker's unix socket (\\0 separates fields: neither a
 path nor an argument can contain one):
 
-  client  MAILFILTER-PIPE/1 <n>\\n<n bytes: config path \\0 $MAIL_CONFIG \\0 argv[0] \\0 argv[1]...>
+  client  MAILFILTER-PIPE/2 <n>\\n<n bytes: config path \\0 $MAIL_CONFIG \\0 argv[0] \\0 argv[1]...>
   worker  GO\\n                    or  DECLINE reason\\n
-  client  <n>\\n<n bytes> ... 0\\n   the message in chunks; the 0 chunk ends it
+  client  <n>\\n<n bytes> ... 0\\n   the message in chunks of at most CHUNK bytes; the 0 chunk ends it
+  worker  READY <seconds>\\n        the message is scanned and is to be delivered or quarantined
+  client  ACT\\n                   sent only while [pipe] deadline has not passed
   worker  <status> <n>\\n<n bytes>   exit status 0, 69 or 75, and the text to print (UTF-8)
+
+The worker answers a message it will not act on (deferred, rejected, a usage
+error) without READY. [pipe] deadline bounds everything up to READY; the worker
+delivers only after ACT, and the client, once it has said ACT, waits the
+<seconds> the worker gave (its [delivery] timeout and a margin) instead: so a
+client never gives up on a delivery in progress, and a worker never delivers
+for a client that gave up (that would be a second delivery on Postfix's retry).
+`mailfilter check` compares [pipe] deadline plus that budget with Postfix's
+command_time_limit.
+
+Before anything is sent the client checks whom it talks to: the socket and
+every folder above it must be owned by the client's user or root and not be
+replaceable by anyone else, and the process listening (SO_PEERCRED) must run as
+the client's own user. Otherwise it is not our worker, and the message is
+filtered in this process.
 
 NoWorker is raised, and the caller filters the message itself, only while
 nothing of the message has been read: no socket, nobody listening, a worker
@@ -31,6 +48,9 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import stat  # os imports it: free
+import sys
+import time
 
 from ..defaults import CONFIG_ENV, CONFIG_PATH, PIPE_DEADLINE, WORKER_SOCKET
 
@@ -39,11 +59,15 @@ if TYPE_CHECKING:
     from collections.abc import Mapping
     from typing import BinaryIO
 
-PROTOCOL = b"MAILFILTER-PIPE/1"
+PROTOCOL = b"MAILFILTER-PIPE/2"
+PROTOCOL_NAME = b"MAILFILTER-PIPE/"
 GREETING_TIMEOUT = 10.0  # a worker that does not say GO or DECLINE by then is passed by
 CHUNK = 64 * 1024
 REPLY_LIMIT = 1 << 20
 EX_TEMPFAIL = 75
+MAX_DEADLINE = 86400.0  # as config.py's bound; a larger value is the full loader's error to report
+MAX_BUDGET = 2 * 86400  # a READY budget beyond this is not a worker's answer
+ACT_MARGIN = 10.0  # seconds the client waits beyond the budget READY gave
 _VALUE_OPTIONS = {"-f", "-q", "--queue-id"}  # their values are never read as options here either
 
 
@@ -102,7 +126,9 @@ def settings(path: str, named: bool) -> tuple[str, float]:
             raise NoWorker("") from exc
     worker = table.get("worker", WORKER_SOCKET) if isinstance(table, dict) else None
     deadline = table.get("deadline", PIPE_DEADLINE) if isinstance(table, dict) else None
-    if not isinstance(worker, str) or isinstance(deadline, bool) or not isinstance(deadline, (int, float)) or deadline <= 0:
+    if not isinstance(worker, str) or isinstance(deadline, bool) or not isinstance(deadline, (int, float)):
+        raise NoWorker("")
+    if not 0 < deadline <= MAX_DEADLINE:  # NaN too: the full loader names the bad value in the log
         raise NoWorker("")
     if not worker:
         raise NoWorker("")
@@ -167,6 +193,50 @@ def _simple_value(text: bytes) -> str | float | None:
     return value if not rest or rest.startswith(b"#") else None
 
 
+def unsafe_socket(path: str, uid: int) -> str | None:
+    """Why the socket at PATH may not be our worker's, or None: the socket and every folder above it must
+    be owned by UID or root and writable by no one else (a sticky folder may be: nobody can replace
+    another user's entry in it), the socket itself must be owned by UID. Without that another local
+    user could bind the path first, or put their own socket in its place, and take every message."""
+    if not os.path.isabs(path):
+        return f"{path} is not an absolute path"
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return None  # no worker: nothing to trust or distrust
+    except OSError as exc:
+        return f"cannot check {path}: {exc.strerror or exc}"
+    if not stat.S_ISSOCK(info.st_mode):
+        return f"{path} is not a socket"
+    if info.st_uid != uid:
+        return f"{path} belongs to uid {info.st_uid}, not to uid {uid}"
+    return unsafe_folder(os.path.dirname(path), uid)
+
+
+def unsafe_folder(folder: str, uid: int) -> str | None:
+    """Why FOLDER or a folder above it could be replaced or written by someone else than UID and root, or None."""
+    while True:
+        try:
+            info = os.lstat(folder)
+        except OSError as exc:
+            return f"cannot check {folder}: {exc.strerror or exc}"
+        if not stat.S_ISDIR(info.st_mode):
+            return f"{folder} is not a folder (a link?)"
+        if info.st_uid not in (uid, 0):
+            return f"{folder} belongs to uid {info.st_uid}"
+        if info.st_mode & 0o022 and not info.st_mode & stat.S_ISVTX:
+            return f"{folder} can be written by others (mode {stat.S_IMODE(info.st_mode):o})"
+        if folder == "/":
+            return None
+        folder = os.path.dirname(folder)
+
+
+def peer_uid(sock: socket.socket) -> int:
+    """The uid of the process at the other end of a connected unix socket (SO_PEERCRED: pid, uid, gid as ints)."""
+    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)
+    return int.from_bytes(creds[4:8], sys.byteorder, signed=True)
+
+
 def _greet(sock: socket.socket, argv: list[str], config: str, mail_config: str) -> None:
     """Send the greeting; return on GO, raise NoWorker otherwise."""
     fields = b"\0".join(os.fsencode(field) for field in (config, mail_config, *argv))
@@ -214,8 +284,32 @@ def _send_message(sock: socket.socket, stdin: BinaryIO) -> None:
     sock.sendall(b"0\n")
 
 
-def _reply(sock: socket.socket) -> tuple[int, str | None]:
-    status_text, _, size_text = _line(sock, 32).partition(b" ")
+def _act(sock: socket.socket, budget_text: bytes, deadline_at: float) -> None:
+    """The worker is ready to deliver: say ACT if [pipe] deadline has not passed, then wait the budget it gave.
+
+    The deadline's timer is stopped first: if it struck before, _DeadlineExceeded is on its way and ACT
+    is never sent (the worker then delivers nothing); once ACT is sent, only the delivery budget counts."""
+    signal.setitimer(signal.ITIMER_REAL, 0)
+    if not budget_text.isdigit() or not 0 < int(budget_text) <= MAX_BUDGET:
+        raise ValueError(f"unusable READY {budget_text[:20]!r}")
+    if time_now() >= deadline_at:
+        raise _DeadlineExceeded
+    signal.signal(signal.SIGTERM, _ignore)  # Postfix stopping: let the delivery finish and answer it
+    sock.sendall(b"ACT\n")
+    signal.setitimer(signal.ITIMER_REAL, int(budget_text) + ACT_MARGIN)
+
+
+def _ignore(signum: int, frame: object) -> None:
+    pass
+
+
+def time_now() -> float:
+    return time.monotonic()
+
+
+def _reply(sock: socket.socket, first: bytes | None = None) -> tuple[int, str | None]:
+    """The worker's final answer; FIRST is its status line when already read."""
+    status_text, _, size_text = (first if first is not None else _line(sock, 32)).partition(b" ")
     if status_text not in (b"0", b"69", b"75") or not size_text.isdigit() or int(size_text) > REPLY_LIMIT:
         raise ValueError(f"unusable reply {status_text + b' ' + size_text!r}")
     text = _exactly(sock, int(size_text)).decode("utf-8", "replace")
@@ -235,22 +329,41 @@ def hand_off(argv: list[str], stdin: BinaryIO, environ: Mapping[str, str] | None
         raise _DeadlineExceeded
 
     previous = signal.signal(signal.SIGALRM, expire)
+    deadline_at = time_now() + deadline
     signal.setitimer(signal.ITIMER_REAL, deadline)
+    acting = False
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
+        uid = os.geteuid()
+        problem = unsafe_socket(worker, uid)
+        if problem:
+            raise NoWorker(f"not using the pipe worker socket: {problem}")
         try:
             sock.connect(worker)
         except (FileNotFoundError, ConnectionRefusedError):
             raise NoWorker("") from None  # no worker running: the usual case where none is deployed
         except OSError as exc:
             raise NoWorker(f"cannot reach the pipe worker at {worker}: {exc.strerror or exc}") from None
+        listener = peer_uid(sock)
+        if listener != uid:
+            raise NoWorker(f"not using the pipe worker socket: {worker} is served by uid {listener}, not by uid {uid}")
         _greet(sock, argv, path, environ.get("MAIL_CONFIG", ""))
         try:
             _send_message(sock, stdin)
-            return _reply(sock)
+            status_or_ready = _line(sock, 64)
+            if status_or_ready.startswith(b"READY "):
+                acting = True
+                _act(sock, status_or_ready[6:], deadline_at)
+            return _reply(sock, status_or_ready if not acting else None)
         except (OSError, ValueError) as exc:
+            if acting:
+                raise Deferred(
+                    f"4.3.0 mailfilter: the pipe worker failed while delivering ({str(exc) or type(exc).__name__}), message deferred"
+                ) from None
             raise Deferred(f"4.3.0 mailfilter: the pipe worker failed ({str(exc) or type(exc).__name__}), message deferred") from None
     except _DeadlineExceeded:
+        if acting:
+            return EX_TEMPFAIL, "4.3.0 mailfilter: the pipe worker did not finish delivering in time, message deferred"
         return EX_TEMPFAIL, f"4.3.0 mailfilter: filter deadline of {deadline:g} s exceeded, message deferred"
     except Deferred as exc:
         return EX_TEMPFAIL, str(exc)

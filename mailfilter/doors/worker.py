@@ -24,11 +24,9 @@ from __future__ import annotations
 
 import logging
 import os
-import select
 import signal
 import socket
 import stat
-import struct
 import threading
 import time
 from typing import BinaryIO
@@ -38,12 +36,13 @@ from ..config import Config
 from ..daemon import InFlight, notify
 from ..defaults import CONFIG_PATH
 from . import pipe
-from .pipeclient import PROTOCOL
+from .pipeclient import CHUNK, PROTOCOL, PROTOCOL_NAME, peer_uid, unsafe_folder, unsafe_socket
 
 LOG = logging.getLogger("mailfilter")
 HEADER_LIMIT = 1 << 20  # the greeting carries the recipients; pipe(8) passes at most a few thousand
 BACKLOG = 128
 POSTFIX_CONFIG = "/etc/postfix"  # sendmail's config_directory without $MAIL_CONFIG
+ACT_TIMEOUT = 10.0  # a client answers READY at once (ACT) or has given up
 
 
 class WorkerError(Exception):
@@ -52,6 +51,10 @@ class WorkerError(Exception):
 
 class _Probe(Exception):
     """A connection closed without a word."""
+
+
+class _OtherVersion(Exception):
+    """A client of another release (a half-done upgrade): it filters its message itself."""
 
 
 class _Stop(BaseException):
@@ -76,6 +79,8 @@ class ChunkReader:
             if not header.endswith(b"\n") or not header[:-1].isdigit():
                 raise pipe.ClientGone("the pipe client's message ended early or was garbled; nothing delivered")
             length = int(header)
+            if length > CHUNK:
+                raise pipe.ClientGone(f"the pipe client sent a chunk of {length} bytes (at most {CHUNK}); nothing delivered")
             if length == 0:
                 self._done = True
                 return b""
@@ -93,28 +98,9 @@ class ChunkReader:
             pass
 
 
-def still_connected(conn: socket.socket) -> bool:
-    """False once the client has hung up (it sends nothing after the message)."""
-    poller = select.poll()
-    poller.register(conn, select.POLLIN | select.POLLHUP | select.POLLERR)
-    if not poller.poll(0):
-        return True
-    try:
-        return conn.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) != b""
-    except BlockingIOError:
-        return True
-    except OSError:
-        return False
-
-
 def postfix_instance(mail_config: str) -> str:
     """The Postfix config directory that sendmail reinjects into with this $MAIL_CONFIG (pipe(8) always sets it)."""
     return os.path.realpath(mail_config or POSTFIX_CONFIG)
-
-
-def peer_uid(conn: socket.socket) -> int:
-    _pid, uid, _gid = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))
-    return uid
 
 
 class Worker:
@@ -131,6 +117,8 @@ class Worker:
         if not line:
             raise _Probe
         size = line[len(PROTOCOL) + 1 : -1]
+        if line.startswith(PROTOCOL_NAME) and not line.startswith(PROTOCOL + b" "):
+            raise _OtherVersion(line[: line.find(b" ")].decode("ascii", "replace"))
         if not line.startswith(PROTOCOL + b" ") or not line.endswith(b"\n") or not size.isdigit() or int(size) > HEADER_LIMIT:
             raise ValueError(f"not a {PROTOCOL.decode()} greeting: {line[:60]!r}")
         fields = stream.read(int(size))
@@ -153,14 +141,18 @@ class Worker:
         return None
 
     def handle(self, conn: socket.socket) -> None:
-        """One client, from greeting to reply. Never raises: a thread's traceback would reach stderr."""
+        """One client, from greeting to reply, then the message's bookkeeping. Never raises: a thread's
+        traceback would reach stderr."""
         started = time.monotonic()
         with conn, self.in_flight:
             try:
                 conn.settimeout(self.config.pipe.deadline)
                 stream = conn.makefile("rb")
-                argv, config, mail_config = self._greeting(stream)
-                reason = self._declines(conn, config, mail_config)
+                try:
+                    argv, config, mail_config = self._greeting(stream)
+                    reason = self._declines(conn, config, mail_config)
+                except _OtherVersion as other:
+                    reason = f"it speaks {PROTOCOL.decode()}, the client {other}"
                 if reason:
                     LOG.info("pipe client sent back to filter in its own process: %s", reason)
                     conn.sendall(b"DECLINE " + reason.encode("ascii", "replace") + b"\n")
@@ -172,15 +164,32 @@ class Worker:
                 LOG.warning("pipe client dropped before its message: %s", exc)
                 return
             message = ChunkReader(stream)
-            status, line = pipe.handle(
-                argv, message, started, config=self.config, still_wanted=lambda: still_connected(conn), runner=self.runner
-            )
-            text = (line or "").encode("utf-8", "replace")
+            gate = lambda config: self.gate(conn, stream)  # noqa: E731
+            answer = pipe.handle(argv, message, started, config=self.config, gate=gate, runner=self.runner)
+            text = (answer.line or "").encode("utf-8", "replace")
             try:
                 message.drain()
-                conn.sendall(b"%d %d\n" % (status, len(text)) + text)
+                conn.settimeout(ACT_TIMEOUT)
+                conn.sendall(b"%d %d\n" % (answer.status, len(text)) + text)
             except (OSError, pipe.ClientGone) as exc:
-                LOG.warning("pipe client gone before its reply (exit status %d): %s", status, exc)
+                LOG.warning("pipe client gone before its reply (exit status %d): %s", answer.status, exc)
+            pipe.finish(answer)  # after the reply: the client does not wait for the bookkeeping
+
+    def gate(self, conn: socket.socket, stream: BinaryIO) -> None:
+        """Before delivering or quarantining: READY with the budget, then the client's ACT, or nothing is done.
+
+        A client that gave up at its deadline has deferred the message already (Postfix retries it);
+        delivering now would be a second delivery on that retry. So the worker acts only on ACT, which
+        the client sends only while its deadline holds and after which it waits the budget."""
+        budget = int(self.config.delivery.timeout) + pipe.QUARANTINE_ALLOWANCE
+        try:
+            conn.settimeout(ACT_TIMEOUT)
+            conn.sendall(b"READY %d\n" % budget)
+            said = stream.readline(8)
+        except OSError as exc:
+            raise pipe.ClientGone(f"the pipe client gave up before delivery ({exc}); nothing delivered") from None
+        if said != b"ACT\n":
+            raise pipe.ClientGone("the pipe client gave up before delivery; nothing delivered")
 
     def _handle_guarded(self, conn: socket.socket) -> None:
         try:
@@ -201,12 +210,19 @@ class Worker:
 
 
 def open_socket(path: str) -> socket.socket:
-    """Listen on PATH, mode 0600 (pipe(8) runs `mailfilter pipe` as the worker's own user).
+    """Listen on PATH, mode 0600 (pipe(8) runs `mailfilter pipe` as the worker's own user), in a folder
+    that nobody else can write (the clients check the same: pipeclient.unsafe_socket).
 
     A socket file nobody listens on (a worker that was killed) is replaced; one that
     answers belongs to a running worker, and this one does not start."""
     folder = os.path.dirname(path)
-    os.makedirs(folder, mode=0o700, exist_ok=True)
+    try:
+        os.makedirs(folder, mode=0o700, exist_ok=True)
+    except OSError as exc:
+        raise WorkerError(f"cannot create {folder}: {exc.strerror or exc}") from None
+    problem = unsafe_folder(folder, os.geteuid())
+    if problem:
+        raise WorkerError(f"refusing to listen on {path}: {problem}; clients would not use it")
     try:
         if stat.S_ISSOCK(os.lstat(path).st_mode):
             probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -222,15 +238,21 @@ def open_socket(path: str) -> socket.socket:
             raise WorkerError(f"{path} exists and is not a socket")
     except FileNotFoundError:
         pass
+    except OSError as exc:  # a stale socket we may not remove (another user's, in a folder not ours)
+        raise WorkerError(f"cannot replace the stale socket {path}: {exc.strerror or exc}") from None
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    mask = os.umask(0o177)
     try:
         listener.bind(path)
+        # The folder is checked below to be ours alone, so nobody can reach the socket before this chmod.
+        os.chmod(path, 0o600)
     except OSError as exc:
         listener.close()
         raise WorkerError(f"cannot listen on {path}: {exc.strerror or exc}") from None
-    finally:
-        os.umask(mask)
+    problem = unsafe_socket(path, os.geteuid())
+    if problem:
+        listener.close()
+        os.unlink(path)
+        raise WorkerError(f"refusing to listen on {path}: {problem}; clients would not use it")
     listener.listen(BACKLOG)
     return listener
 
