@@ -156,8 +156,12 @@ def milter_runner():
 
 @pytest.fixture
 def run_milter(tmp_path, sendmail, milter_runner):
-    """run_milter(raw, **config sections) -> (milter status, ctx, in-flight counter): the milter door through
-    pymilter's TestCtx (no socket, no MTA), queue id 4F2A1C, from alice@example.org to bob@example.net."""
+    """run_milter(raw, drain=True, **config sections) -> (milter status, ctx, in-flight counter): the milter door
+    through pymilter's TestCtx (no socket, no MTA), queue id 4F2A1C, from alice@example.org to bob@example.net.
+    With drain, it returns once the after-reply work (report, journal, summary line) is done; run.after is
+    the AfterReply of the last run."""
+    import functools
+
     import Milter
     from Milter import testctx
 
@@ -175,7 +179,9 @@ def run_milter(tmp_path, sendmail, milter_runner):
         def quarantine(self, reason):
             self.held = reason
 
-    def run(raw, **sections):
+    afters = []
+
+    def run(raw, drain=True, **sections):
         base = {
             "delivery": {"sendmail": sendmail.argv()},
             "quarantine": {"dir": str(tmp_path / "quarantine")},
@@ -185,16 +191,22 @@ def run_milter(tmp_path, sendmail, milter_runner):
         for name, table in sections.items():
             base.setdefault(name, {}).update(table)
         in_flight = milter.InFlight()
-        attributes = {"config": configmod.from_dict(base), "in_flight": in_flight, "tally": metrics.Tally(), "runner": milter_runner}
-        Milter.factory = type("M", (milter.MailfilterMilter,), attributes)
+        run.after = after = milter.AfterReply()
+        afters.append(after)
+        deps = milter.Dependencies(configmod.from_dict(base), in_flight, metrics.Tally(), after, milter_runner)
+        Milter.factory = functools.partial(milter.MailfilterMilter, deps)
         ctx = Ctx()
         ctx._setsymval("i", "4F2A1C")
         assert ctx._connect() == Milter.CONTINUE
         status = ctx._feedFile(io.BytesIO(raw), "alice@example.org", "bob@example.net")
         ctx._close()
+        if drain:
+            assert after.drain(60), "after-reply work not done within 60 s"
         return status, ctx, in_flight
 
-    return run
+    yield run
+    for after in afters:
+        after.close(60)
 
 
 @pytest.fixture

@@ -15,6 +15,7 @@ emptied before each message); the daemons are the session's.
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 import re
@@ -146,8 +147,10 @@ class Door:
         return self.root / "mailfilter.log"
 
     def reset(self) -> None:
-        """Empty the quarantine, the recorded mails and the log: what follows belongs to one case."""
+        """Empty the quarantine, the recorded mails, the report rate limit (so that each case's VIRUS FOUND is
+        the first, sent at once) and the log: what follows belongs to one case."""
         shutil.rmtree(self.quarantine, ignore_errors=True)
+        shutil.rmtree(self.root / "state", ignore_errors=True)
         shutil.rmtree(self.root / "sent", ignore_errors=True)
         (self.root / "sent").mkdir()
         self.log_file.write_text("")
@@ -280,9 +283,9 @@ class Ctx(testctx.TestCtx):
 
 @pytest.fixture(scope="module")
 def milter_factory(milter_door):
-    config = configmod.load(milter_door.config_path)
-    in_flight = milter.InFlight()
-    return type("HostileMilter", (milter.MailfilterMilter,), {"config": config, "in_flight": in_flight, "tally": metrics.Tally()})
+    deps = milter.Dependencies(configmod.load(milter_door.config_path), milter.InFlight(), metrics.Tally(), milter.AfterReply())
+    yield functools.partial(milter.MailfilterMilter, deps)
+    deps.after.close(PER_MESSAGE)
 
 
 def run_milter(factory, case: hostile.Case) -> tuple[int | None, Ctx]:
@@ -302,6 +305,7 @@ def run_milter(factory, case: hostile.Case) -> tuple[int | None, Ctx]:
             outcome.append(exc)
         finally:
             ctx._close()
+            factory.args[0].after.drain(PER_MESSAGE)  # the report, journal and summary line come after the reply
 
     worker = threading.Thread(target=work, name=f"milter-{case.name}", daemon=True)
     worker.start()
@@ -321,7 +325,7 @@ def test_milter_door(case, milter_door, milter_factory, capfd):
     assert status is not None, f"the milter worker hung for more than {PER_MESSAGE:g} s"
     check_no_traceback(milter_door.log_file.read_text(errors="replace"), capfd.readouterr().err)
     assert status in (Milter.CONTINUE, Milter.REJECT, Milter.DISCARD, Milter.TEMPFAIL), status
-    assert milter_factory.in_flight.count == 0
+    assert milter_factory.args[0].in_flight.count == 0
     viruses = milter_door.virus_entries()
     if case.virus:
         assert status == Milter.DISCARD, ctx._reply

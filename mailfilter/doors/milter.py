@@ -12,6 +12,11 @@ turns the Decision into milter actions:
 
 Every callback goes through one boundary (`_boundary`): an exception becomes a
 logged traceback and a 451 4.7.1 tempfail, never an accept.
+
+Between end of message and the reply only the scan and (for a DISCARD) the
+quarantine store run, both bounded (milterreply.worst_case). The admin report,
+the journal line, the metrics and the summary log line run after the reply, on
+the daemon's AfterReply thread: they never delay or change it.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import signal
 import socket
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -35,6 +41,7 @@ from ..config import Config
 from ..daemon import InFlight, notify
 from ..model import Decision, Envelope, ScanResults, Verdict, VirusReport
 from ..spool import Spool
+from .milterreply import STORE_ALLOWANCE, AfterReply, StoreTimeout, bounded
 
 NAME = "mailfilter"
 QUEUE_ID: contextvars.ContextVar[str] = contextvars.ContextVar("queue_id", default="NOQUEUE")
@@ -72,15 +79,22 @@ def _boundary(method: Callable[..., int]) -> Callable[..., int]:
     return guarded
 
 
-class MailfilterMilter(Milter.Base):
-    """One instance per SMTP connection (pymilter's factory makes them)."""
+@dataclass(frozen=True)
+class Dependencies:
+    """What the milters of every connection share. serve() makes one; tests make their own."""
 
     config: Config
     in_flight: InFlight
     tally: metrics.Tally
-    runner: pipeline.Runner | None = None  # serve() gives one; without it, pipeline.run (a Runner per message)
+    after: AfterReply  # the work that waits until after the reply
+    runner: pipeline.Runner | None = None  # without one, pipeline.run (a Runner per message)
 
-    def __init__(self) -> None:
+
+class MailfilterMilter(Milter.Base):
+    """One instance per SMTP connection (pymilter's factory, functools.partial(MailfilterMilter, deps), makes them)."""
+
+    def __init__(self, deps: Dependencies) -> None:
+        self.config, self.in_flight, self.tally, self.runner, self.after = deps.config, deps.in_flight, deps.tally, deps.runner, deps.after
         self.spool: Spool | None = None
         self.sender = ""
         self.recipients: list[str] = []
@@ -174,11 +188,14 @@ class MailfilterMilter(Milter.Base):
         """Over [milter] max_size: refuse now (552 5.3.4), so Postfix sends no more of it."""
         limit, delay = self.config.milter.max_size, time.monotonic() - self.started
         envelope = Envelope(self.sender, tuple(self.recipients), QUEUE_ID.get())
-        size = self.spool.size if self.spool else 0
-        metrics.account(
-            journal.event("milter", envelope, None, None, "reject", size, delay, datetime.now(UTC)), self.config, LOG, self.tally
-        )
-        LOG.info("%s", log.summary(envelope, None, None, delay, action="reject", size=f">{limit}"))
+        size, now = (self.spool.size if self.spool else 0), datetime.now(UTC)
+        line = log.summary(envelope, None, None, delay, action="reject", size=f">{limit}")
+
+        def bookkeeping() -> None:
+            self.account(journal.event("milter", envelope, None, None, "reject", size, delay, now))
+            LOG.info("%s", line)
+
+        self.after_reply(bookkeeping, line)
         self.end_message()
         self.setreply("552", "5.3.4", f"message larger than {limit} bytes cannot be scanned")
         return Milter.REJECT
@@ -194,38 +211,71 @@ class MailfilterMilter(Milter.Base):
     # --- the translation ---------------------------------------------------------------------------
 
     def act(self, envelope: Envelope, spool: Spool, outcome: pipeline.Outcome) -> int:
-        decision = outcome.decision
-        for failure in outcome.results.failures:
-            LOG.warning("%s", failure.describe())
-        for warning in decision.warnings:
-            LOG.warning("%s", warning)
+        """Set the reply; hand everything the reply does not depend on to the after-reply thread."""
+        decision, results = outcome.decision, outcome.results
         action = _milter_action(decision, self.config)
         quarantine_id = None
-        status = Milter.CONTINUE
+        if action == "quarantine":  # the one slow step a DISCARD must wait for: bounded
+            meta, folder = quarantine.describe(envelope, spool, results, decision), self.config.quarantine.dir
+            try:
+                quarantine_id = bounded(lambda: quarantine.store(spool, meta, folder), STORE_ALLOWANCE, "quarantine store")
+            except StoreTimeout as exc:
+                LOG.error("%s: message deferred (the entry may still appear; the client's retry then makes a second one)", exc)
+                self.setreply(*TEMPFAIL_REPLY, "mailfilter: quarantine busy, try again later")
+                return Milter.TEMPFAIL
+        status = self.reply(action, decision, results)
+        # The reply is sealed. What follows only prepares the after-reply work and must not change it.
+        ctx = None
+        if decision.report and (decision.verdict is not Verdict.VIRUS or action in ("quarantine", "hold")):
+            try:
+                ctx = report.context(envelope, spool, results, decision, quarantine_id)  # reads the head: before the spool closes
+            except Exception as exc:  # noqa: BLE001 - a report never changes the message's fate
+                LOG.error("admin report not sent: %s", exc)
+        delay, now = time.monotonic() - self.started, datetime.now(UTC)
+        line = functools.partial(log.summary, envelope, results, decision, delay, milter=action, quarantine=quarantine_id)
+
+        def bookkeeping() -> None:
+            for failure in results.failures:
+                LOG.warning("%s", failure.describe())
+            for warning in decision.warnings:
+                LOG.warning("%s", warning)
+            sent = self.send_report(ctx) if ctx is not None else None
+            self.account(journal.event("milter", envelope, results, decision, action, spool_size, delay, now, quarantine_id))
+            LOG.info("%s", line(report=sent))
+
+        spool_size = spool.size
+        self.after_reply(bookkeeping, line(report="dropped" if ctx is not None else None))
+        return status
+
+    def reply(self, action: str, decision: Decision, results: ScanResults) -> int:
+        """The milter actions and reply for ACTION (a quarantine entry is already stored)."""
         if action == "deliver":
             self.mark(decision)
         elif action == "hold":
             self.mark(decision)
             self.quarantine(f"mailfilter: {decision.verdict.value}")
         elif action == "quarantine":
-            meta = quarantine.describe(envelope, spool, outcome.results, decision)
-            quarantine_id = quarantine.store(spool, meta, self.config.quarantine.dir)
-            status = Milter.DISCARD
+            return Milter.DISCARD
         elif action == "reject":
             code = "554" if decision.verdict is Verdict.VIRUS else "550"
-            self.setreply(code, "5.7.1", _reply_text(decision, outcome.results))
-            status = Milter.REJECT
+            self.setreply(code, "5.7.1", _reply_text(decision, results))
+            return Milter.REJECT
         else:
-            self.setreply(*TEMPFAIL_REPLY, _reply_text(decision, outcome.results))
-            status = Milter.TEMPFAIL
-        sent = None
-        if decision.report and (decision.verdict is not Verdict.VIRUS or action in ("quarantine", "hold")):
-            sent = self.send_report(envelope, spool, outcome, quarantine_id)
-        delay = time.monotonic() - self.started
-        entry = journal.event("milter", envelope, outcome.results, decision, action, spool.size, delay, datetime.now(UTC), quarantine_id)
-        metrics.account(entry, self.config, LOG, self.tally)
-        LOG.info("%s", log.summary(envelope, outcome.results, decision, delay, milter=action, quarantine=quarantine_id, report=sent))
-        return status
+            self.setreply(*TEMPFAIL_REPLY, _reply_text(decision, results))
+            return Milter.TEMPFAIL
+        return Milter.CONTINUE
+
+    def after_reply(self, job: Callable[[], None], summary: str) -> None:
+        """Queue JOB for the after-reply thread; when its queue is full, drop it (never wait) and say what was lost."""
+        if not self.after.submit(job):
+            dropped = self.after.dropped
+            LOG.error("after-reply queue full (%d dropped so far): admin report, journal line and metrics dropped; %s", dropped, summary)
+
+    def account(self, entry: dict[str, Any]) -> None:
+        try:
+            metrics.account(entry, self.config, LOG, self.tally)
+        except Exception:
+            LOG.exception("journal line or metrics not recorded")
 
     def mark(self, decision: Decision) -> None:
         """Remove spoofed copies of our fields, then insert ours at the top, in order."""
@@ -234,9 +284,8 @@ class MailfilterMilter(Milter.Base):
         for position, (name, value) in enumerate(decision.headers):
             self.addheader(name, message.header_value(value), position)
 
-    def send_report(self, envelope: Envelope, spool: Spool, outcome: pipeline.Outcome, quarantine_id: str | None) -> str:
+    def send_report(self, ctx: report.Context) -> str:
         try:
-            ctx = report.context(envelope, spool, outcome.results, outcome.decision, quarantine_id)
             return report.send(ctx, self.config, socket.gethostname(), datetime.now(UTC))
         except Exception as exc:  # noqa: BLE001 - a report never changes the message's fate
             LOG.error("admin report not sent: %s", exc)
@@ -331,8 +380,6 @@ def serve(config: Config, socket_spec: str | None = None) -> int:
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
     in_flight = InFlight()
     tally = metrics.Tally()
-    handler = type("ConfiguredMilter", (MailfilterMilter,), {"config": config, "in_flight": in_flight, "tally": tally})
-    Milter.factory = handler
     _register(libmilter)
     path = spec[len("unix:") :] if spec.startswith("unix:") else None
     if path:
@@ -355,7 +402,10 @@ def serve(config: Config, socket_spec: str | None = None) -> int:
         DAEMON_LOG.info("metrics on http://%s/metrics", config.metrics.listen)
     # The scanners' threads, for every message: started as needed from libmilter's threads, so with
     # the signals above blocked. They outlive libmilter.main(): messages in flight finish with them.
-    handler.runner = runner = pipeline.Runner()
+    # So does the after-reply thread (started here, with the signals blocked too).
+    runner = pipeline.Runner()
+    after = AfterReply()
+    Milter.factory = functools.partial(MailfilterMilter, Dependencies(config, in_flight, tally, after, runner))
     try:
         notify("READY=1")
         try:
@@ -363,9 +413,12 @@ def serve(config: Config, socket_spec: str | None = None) -> int:
         except libmilter.error as exc:  # libmilter's listener can end in failure while stopping
             DAEMON_LOG.warning("milter main loop ended: %s", exc)
         notify("STOPPING=1")
+        deadline = time.monotonic() + config.milter.grace
         DAEMON_LOG.info("stopping: %d message(s) in flight", in_flight.count)
         if not in_flight.wait_idle(config.milter.grace):
             DAEMON_LOG.warning("stopping with %d message(s) still in flight: Postfix applies milter_default_action", in_flight.count)
+        if not after.close(deadline - time.monotonic()):
+            DAEMON_LOG.warning("stopping with %d admin report(s) or journal line(s) not done within [milter] grace", after.waiting)
     finally:
         runner.close()
     return 0
