@@ -8,13 +8,18 @@ Subject-free verdict and the scanner results is kept.
 
 from __future__ import annotations
 
+import errno
 import json
+import logging
 import os
+import stat
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from .model import Decision, Envelope, ScanFailure, ScanResults, SpamReport, VirusReport
+
+LOG = logging.getLogger("mailfilter")
 
 
 def event(
@@ -55,32 +60,53 @@ def event(
 
 
 def record(folder: str, entry: dict[str, Any]) -> None:
-    """Append ENTRY to the day's file with one write (atomic for O_APPEND on a local file system)."""
+    """Append ENTRY to the day's file with one write (atomic for O_APPEND on a local file system).
+
+    The day's file is never a symlink followed (O_NOFOLLOW) nor a FIFO waited on
+    (O_NONBLOCK): anything but a regular file is an OSError, which the caller logs."""
     os.makedirs(folder, mode=0o700, exist_ok=True)
     day = entry["time"][:10]
     line = (json.dumps(entry, sort_keys=True, ensure_ascii=True) + "\n").encode("ascii")
-    fd = os.open(os.path.join(folder, f"{day}.jsonl"), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    fd = os.open(os.path.join(folder, f"{day}.jsonl"), flags, 0o600)
     try:
+        _regular(fd, f"{day}.jsonl")
         os.write(fd, line)
     finally:
         os.close(fd)
 
 
+def _regular(fd: int, name: str) -> None:
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        raise OSError(errno.EINVAL, "not a regular file", name)
+
+
 def read(folder: str, since: datetime, until: datetime) -> Iterator[dict[str, Any]]:
-    """Events with since <= time < until, oldest first. A damaged line is skipped, not fatal."""
+    """Events with since <= time < until, oldest first. A damaged line is skipped, not fatal; so is a day's
+    file that is a symlink, a FIFO or anything but a regular file (never followed or waited on), with a warning."""
     day: date = since.astimezone(UTC).date()
     while day <= until.astimezone(UTC).date():
-        path = os.path.join(folder, f"{day.isoformat()}.jsonl")
-        try:
-            with open(path, encoding="ascii", errors="replace") as fh:
-                for line in fh:
-                    try:
-                        entry = json.loads(line)
-                        when = datetime.fromisoformat(entry["time"])
-                    except (ValueError, KeyError, TypeError):
-                        continue
-                    if since <= when < until:
-                        yield entry
-        except FileNotFoundError:
-            pass
+        name = f"{day.isoformat()}.jsonl"
         day += timedelta(days=1)
+        try:
+            fd = os.open(os.path.join(folder, name), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            LOG.warning("journal %s skipped: %s", os.path.join(folder, name), exc.strerror or exc)
+            continue
+        try:
+            _regular(fd, name)
+        except OSError:
+            os.close(fd)
+            LOG.warning("journal %s skipped: not a regular file", os.path.join(folder, name))
+            continue
+        with open(fd, encoding="ascii", errors="replace") as fh:
+            for line in fh:
+                try:
+                    entry = json.loads(line)
+                    when = datetime.fromisoformat(entry["time"])
+                except (ValueError, KeyError, TypeError, RecursionError):
+                    continue
+                if since <= when < until:
+                    yield entry

@@ -8,23 +8,32 @@ Writes are durable before they are reported: a temporary name in the same
 folder (hidden, so never listed), fsync, rename, fsync of the folder. The
 message is renamed into place before its metadata, and a listing goes by the
 metadata, so a half-written entry is never seen. Files are 0600, the folder 0700.
+
+The admin tools go through one store interface, FolderStore (open_store picks
+it from the config), which reads every file once by a checked descriptor
+(held.py): a symlink, a FIFO, another user's file or damaged metadata is a
+BadEntry, skipped and reported, never followed, waited on or crashed over.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import os
-import re
 import secrets
 from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, BinaryIO
 
 from .. import message as msgmod
+from ..config import QuarantineConfig
 from ..model import Decision, Envelope, ScanResults, SpamReport, Verdict, VirusReport
 from ..spool import Spool
+from .held import ID_PATTERN, BadEntry, Entry, Folder, read_all, validate
+
+__all__ = ["ID_PATTERN", "BadEntry", "Entry", "FolderStore", "QuarantineError", "open_store", "store", "write_atomic"]
 
 
 class QuarantineError(Exception):
@@ -35,10 +44,14 @@ def new_id(now: datetime) -> str:
     return now.strftime("%Y%m%dT%H%M%SZ-") + secrets.token_hex(5)
 
 
-def write_atomic(folder: str, name: str, chunks: Iterable[bytes], mode: int = 0o600) -> None:
-    """Write CHUNKS to FOLDER/NAME via a hidden temporary file, fsync, rename, fsync the folder."""
-    tmp = os.path.join(folder, f".{name}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
+def write_atomic(folder: str, name: str, chunks: Iterable[bytes], mode: int = 0o600, dir_fd: int | None = None) -> None:
+    """Write CHUNKS to FOLDER/NAME via a hidden temporary file, fsync, rename, fsync the folder.
+
+    With DIR_FD (FOLDER opened as a descriptor) every name is taken relative to it."""
+    tmp = f".{name}.{secrets.token_hex(4)}.tmp"
+    if dir_fd is None:
+        tmp, name = os.path.join(folder, tmp), os.path.join(folder, name)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=dir_fd)
     try:
         try:
             for chunk in chunks:
@@ -48,13 +61,16 @@ def write_atomic(folder: str, name: str, chunks: Iterable[bytes], mode: int = 0o
             os.fsync(fd)
         finally:
             os.close(fd)
-        os.rename(tmp, os.path.join(folder, name))
+        os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
     except BaseException:
         try:
-            os.unlink(tmp)
+            os.unlink(tmp, dir_fd=dir_fd)
         except FileNotFoundError:
             pass
         raise
+    if dir_fd is not None:
+        os.fsync(dir_fd)
+        return
     dfd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(dfd)
@@ -112,9 +128,7 @@ def _remove(path: str) -> None:
         pass
 
 
-# --- the store as an admin sees it: list, show, release, delete, purge -----------------------------
-
-ID_PATTERN = re.compile(r"^\d{8}T\d{6}Z-[0-9a-f]{10}$")
+# --- the store as the admin tools see it: list, show, release, delete, purge ------------------------
 
 
 class NotFound(QuarantineError):
@@ -127,61 +141,154 @@ class Refused(QuarantineError):
 
 def _check_id(qid: str) -> str:
     if not ID_PATTERN.match(qid):
-        raise NotFound(f"{qid!r} is not a quarantine id (like 20261127T120000Z-0a1b2c3d4e)")
+        raise NotFound(f"{msgmod.printable(qid, 100)!r} is not a quarantine id (like 20261127T120000Z-0a1b2c3d4e)")
     return qid
 
 
-def entries(folder: str) -> list[dict[str, Any]]:
-    """Every complete entry's metadata, newest first. Hidden temporary files are never read."""
-    out = []
-    try:
-        names = os.listdir(folder)
-    except FileNotFoundError:
-        return []
-    for name in names:
-        if name.startswith(".") or not name.endswith(".json") or not ID_PATTERN.match(name[:-5]):
-            continue
+class FolderStore:
+    """The quarantine as a folder of ID.eml and ID.json: the one store the tools call (see open_store).
+
+    Every read goes through held.Folder: one descriptor per file, no symlink
+    followed, only regular files of the folder's owner (see held.py).
+    """
+
+    def __init__(self, folder: str) -> None:
+        self.folder = folder
+
+    @contextlib.contextmanager
+    def _open(self) -> Iterator[Folder]:
         try:
-            with open(os.path.join(folder, name), encoding="utf-8") as fh:
-                out.append(json.load(fh))
-        except (OSError, ValueError):
-            continue  # deleted meanwhile, or damaged: not an entry to show
-    return sorted(out, key=lambda meta: meta.get("created", ""), reverse=True)
+            folder = Folder(self.folder).__enter__()
+        except FileNotFoundError:
+            raise
+        except OSError as exc:
+            why = "a symlink; the quarantine must be a real folder" if exc.errno == errno.ELOOP else exc.strerror or str(exc)
+            raise QuarantineError(f"{self.folder}: {why}") from None
+        with folder:
+            yield folder
+
+    def store(self, message: Spool, meta: dict[str, Any], now: datetime | None = None) -> str:
+        return store(message, meta, self.folder, now)
+
+    def entries(self) -> tuple[list[Entry], list[BadEntry]]:
+        """Every complete entry, newest first, and every entry skipped as bad. Hidden temporary files are never read."""
+        good, bad = [], []
+        try:
+            with self._open() as folder:
+                for name in sorted(folder.names()):
+                    if name.startswith(".") or not name.endswith(".json") or not ID_PATTERN.match(name[:-5]):
+                        continue
+                    try:
+                        entry = folder.metadata(name[:-5])
+                        folder.check(f"{entry.id}.eml")
+                        good.append(entry)
+                    except FileNotFoundError:
+                        continue  # deleted meanwhile
+                    except BadEntry as exc:
+                        bad.append(exc)
+        except FileNotFoundError:
+            return [], []
+        return sorted(good, key=lambda entry: entry.created, reverse=True), bad
+
+    def get(self, qid: str) -> Entry:
+        try:
+            with self._open() as folder:
+                return folder.metadata(_check_id(qid))
+        except FileNotFoundError:
+            raise NotFound(f"no message {qid} in {self.folder}") from None
+
+    @contextlib.contextmanager
+    def open_message(self, qid: str) -> Iterator[tuple[Entry, BinaryIO]]:
+        """The entry and its message, as a file read through the one checked descriptor."""
+        with self._locked(qid, fcntl.LOCK_SH) as (_folder, fd, entry), os.fdopen(os.dup(fd), "rb") as fh:
+            yield entry, fh
+
+    @contextlib.contextmanager
+    def _locked(self, qid: str, how: int = fcntl.LOCK_EX) -> Iterator[tuple[Folder, int, Entry]]:
+        """Hold the entry's lock; yield the folder, the message's descriptor and the metadata.
+
+        The lock is taken on the .eml, which is never replaced (the .json is, by
+        rename), so every writer (release, delete, another process) serialises on
+        it; the message is read through that same descriptor, never reopened.
+        """
+        try:
+            with self._open() as folder:
+                fd = folder.open(f"{_check_id(qid)}.eml")
+                try:
+                    fcntl.flock(fd, how)
+                    yield folder, fd, folder.metadata(qid)
+                finally:
+                    os.close(fd)
+        except FileNotFoundError:
+            raise NotFound(f"no message {qid} in {self.folder}") from None
+
+    def release(
+        self,
+        qid: str,
+        by: str,
+        send: Callable[[bytes, str, list[str]], None],
+        recipients: list[str] | None = None,
+        force: bool = False,
+        now: datetime | None = None,
+    ) -> Entry:
+        """Reinject the original bytes, with one header saying who released it, to the original recipients
+        (or RECIPIENTS). A virus needs FORCE. The entry stays, marked released, until purged."""
+        now = now or datetime.now(UTC)
+        with self._locked(qid) as (folder, fd, entry):
+            if entry.reason == "virus" and not force:
+                raise Refused(f"{qid} holds {', '.join(entry.virus_names) or 'a virus'}: releasing it needs --force")
+            to = list(recipients or entry.recipients)
+            at = now.isoformat(timespec="seconds")
+            stamp = f"X-Mailfilter-Released: {msgmod.header_value(by, 100)} on {at} (quarantine id {qid})"
+            original = read_all(fd)
+            eol = b"\r\n" if original[:4096].count(b"\r\n") else b"\n"
+            send(stamp.encode("ascii", "replace") + eol + original, entry.sender, to)
+            meta = {**entry.meta, "released": [*entry.meta.get("released", []), {"at": at, "by": by, "to": to}]}
+            if folder.exists(f"{qid}.json"):
+                write_atomic(self.folder, f"{qid}.json", [json.dumps(meta, indent=1, sort_keys=True).encode("utf-8")], dir_fd=folder.fd)
+            return validate(meta, qid)
+
+    def delete(self, qid: str) -> None:
+        """Remove an entry: metadata first (so it is no longer listed), then the message."""
+        with self._locked(qid) as (folder, _fd, _entry):
+            folder.unlink(f"{qid}.json")
+            folder.unlink(f"{qid}.eml")
+
+    def purge(self, older_than: timedelta, now: datetime | None = None) -> tuple[list[str], list[BadEntry]]:
+        """Delete every entry created more than OLDER_THAN ago; return their ids and the entries skipped as bad."""
+        good, bad = self.entries()
+        try:
+            limit = (now or datetime.now(UTC)) - older_than
+        except OverflowError:
+            return [], bad  # longer ago than any date: nothing is that old
+        gone = []
+        for entry in good:
+            if entry.created < limit:
+                try:
+                    self.delete(entry.id)
+                except NotFound:
+                    continue  # removed by someone else meanwhile
+                except BadEntry as exc:
+                    bad.append(exc)  # its message is not ours (a symlink planted since the listing, ...)
+                    continue
+                gone.append(entry.id)
+        return gone, bad
+
+
+def open_store(config: QuarantineConfig) -> FolderStore:
+    """The quarantine store the config names (a folder today)."""
+    return FolderStore(config.dir)
+
+
+# The same as functions of a folder path, for callers that have only the path.
+
+
+def entries(folder: str) -> list[dict[str, Any]]:
+    return [entry.meta for entry in FolderStore(folder).entries()[0]]
 
 
 def load(folder: str, qid: str) -> dict[str, Any]:
-    try:
-        with open(os.path.join(folder, f"{_check_id(qid)}.json"), encoding="utf-8") as fh:
-            return json.load(fh)
-    except FileNotFoundError:
-        raise NotFound(f"no message {qid} in {folder}") from None
-
-
-def message_path(folder: str, qid: str) -> str:
-    return os.path.join(folder, f"{_check_id(qid)}.eml")
-
-
-@contextlib.contextmanager
-def locked(folder: str, qid: str) -> Iterator[dict[str, Any]]:
-    """Hold the entry's lock and yield its metadata; what the block changes in it is written back atomically.
-
-    The lock is taken on the .eml file, which is never replaced (the .json is,
-    by rename), so every writer (release, delete, another process) serialises on it.
-    """
-    try:
-        fd = os.open(message_path(folder, qid), os.O_RDONLY | os.O_NOFOLLOW)
-    except FileNotFoundError:
-        raise NotFound(f"no message {qid} in {folder}") from None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        meta = load(folder, qid)
-        before = json.dumps(meta, sort_keys=True)
-        yield meta
-        after = json.dumps(meta, indent=1, sort_keys=True)
-        if after != before and os.path.exists(os.path.join(folder, f"{qid}.json")):
-            write_atomic(folder, f"{qid}.json", [after.encode("utf-8")])
-    finally:
-        os.close(fd)
+    return FolderStore(folder).get(qid).meta
 
 
 def release(
@@ -193,39 +300,12 @@ def release(
     force: bool = False,
     now: datetime | None = None,
 ) -> dict[str, Any]:
-    """Reinject the original bytes, with one header saying who released it, to the original recipients
-    (or RECIPIENTS). A virus needs FORCE. The entry stays, marked released, until purged."""
-    now = now or datetime.now(UTC)
-    with locked(folder, qid) as meta:
-        if meta.get("reason") == "virus" and not force:
-            names = ", ".join(meta.get("virus_names", [])) or "a virus"
-            raise Refused(f"{qid} holds {names}: releasing it needs --force")
-        to = recipients or meta["recipients"]
-        stamp = f"X-Mailfilter-Released: {msgmod.header_value(by, 100)} on {now.isoformat(timespec='seconds')} (quarantine id {qid})"
-        with open(message_path(folder, qid), "rb") as fh:
-            original = fh.read()
-        eol = b"\r\n" if original[:4096].count(b"\r\n") else b"\n"
-        send(stamp.encode("ascii", "replace") + eol + original, meta["sender"], list(to))
-        meta.setdefault("released", []).append({"at": now.isoformat(timespec="seconds"), "by": by, "to": list(to)})
-        return meta
+    return FolderStore(folder).release(qid, by, send, recipients, force, now).meta
 
 
 def delete(folder: str, qid: str) -> None:
-    """Remove an entry: metadata first (so it is no longer listed), then the message."""
-    with locked(folder, qid):
-        os.unlink(os.path.join(folder, f"{qid}.json"))
-        os.unlink(message_path(folder, qid))
+    FolderStore(folder).delete(qid)
 
 
 def purge(folder: str, older_than: timedelta, now: datetime | None = None) -> list[str]:
-    """Delete every entry created more than OLDER_THAN ago; return their ids."""
-    limit = ((now or datetime.now(UTC)) - older_than).isoformat(timespec="seconds")
-    gone = []
-    for meta in entries(folder):
-        if meta.get("created", "") < limit:
-            try:
-                delete(folder, meta["id"])
-            except NotFound:
-                continue  # removed by someone else meanwhile
-            gone.append(meta["id"])
-    return gone
+    return FolderStore(folder).purge(older_than, now)[0]
