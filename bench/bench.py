@@ -35,6 +35,7 @@ import milterpath  # noqa: E402
 import pipepath  # noqa: E402
 import report  # noqa: E402
 import startup  # noqa: E402
+import wrapcost  # noqa: E402
 from measure import BenchError, loadavg, peak_rss_kib  # noqa: E402
 
 import daemons  # noqa: E402 - scripts/daemons.py, found through the path set just above
@@ -145,6 +146,10 @@ def run(plan: Plan, seed: int, state: dict, work: Path) -> dict:
         _say(f"pipe path: {plan.rounds} rounds x {len(pipepath.VARIANTS)} variants x {plan.pipe_messages} messages")
         results["pipe"] = pipepath.measure(setup, messages.pipe_sample(corpus, plan.pipe_messages), files, plan.rounds)
         results["pipe"]["worker_peak_rss_kib"] = peak_rss_kib(worker.pid)
+        _say("mailfilter-pipe: the wrapper's cost per message (/bin/true; the pipe client as root, filtering alone)")
+        env = {**pipepath.PIPE_ENV, "MAILFILTER_CONFIG": str(config), "TMPDIR": str(work)}
+        commands = {"true": ["/bin/true"], "pipe": argv}
+        results["wrapper"] = wrapcost.measure(wrapcost.wrapper_path(), commands, files[ham.name], env, plan.rounds)
     finally:
         pipepath.stop_worker(worker)
     _say("spamd and ClamAV at once against one after the other")
