@@ -178,9 +178,12 @@ DEFAULT_POSTFIX = PostfixLimits(10240000, 300, 1000)  # Postfix's own defaults
         (PostfixLimits(25 * M + 1, 300, 1000), 25 * M, {}, {"clamd size": "WARN"}),
         (PostfixLimits(0, 300, 1000), 200 * M, {}, {"clamd size": "WARN", "milter size": "WARN"}),  # 0: no limit
         (DEFAULT_POSTFIX, 25 * M, {"milter": {"max_size": 1000}}, {"milter size": "WARN"}),
-        (PostfixLimits(10240000, 66, 1000), None, {}, {"milter time": "OK"}),
-        (PostfixLimits(10240000, 65, 1000), None, {}, {"milter time": "WARN"}),  # 60 s + 5 s is not below 65 s
-        (DEFAULT_POSTFIX, None, {"spamd": {"timeout": 10}, "clamd": {"timeout": 295}}, {"milter time": "WARN"}),
+        (PostfixLimits(10240000, 76, 1000), None, {}, {"milter time": "OK"}),
+        (PostfixLimits(10240000, 75, 1000), None, {}, {"milter time": "FAIL"}),  # 60 s + 5 s + 10 s is not below 75 s
+        (PostfixLimits(10240000, 66, 1000), None, {}, {"milter time": "FAIL"}),  # enough for the scan, not for the store
+        (DEFAULT_POSTFIX, None, {"spamd": {"timeout": 10}, "clamd": {"timeout": 295}}, {"milter time": "FAIL"}),
+        (PostfixLimits(10240000, 300, 1000, "accept"), None, {}, {"milter time": "OK", "milter default": "WARN"}),
+        (PostfixLimits(10240000, 300, 1000, "tempfail"), None, {}, {"milter default": None}),
         # The whole run counts: deadline + [delivery] timeout 120 + 30 (quarantine) + 10 (hand-over) + [report] timeout 30.
         (DEFAULT_POSTFIX, None, {"pipe": {"deadline": 810}}, {"pipe time": "FAIL"}),
         (DEFAULT_POSTFIX, None, {"pipe": {"deadline": 809.5}}, {"pipe time": "OK"}),
@@ -202,7 +205,12 @@ def test_coherence_texts():
     size, milter, timeout, pipe = chk.coherence(PostfixLimits(0, 30, 200), 100 * M, config_of(clamd={"timeout": 30}))
     assert size.render().startswith("WARN  clamd size: Postfix message_size_limit 0 (no limit) > clamd StreamMaxLength 104857600: ")
     assert milter.text.startswith("Postfix message_size_limit 0 (no limit) > [milter] max_size 52428800: the milter refuses (552)")
-    assert timeout.text.startswith("milter deadline 65 s (slower scanner timeout + 5 s) >= Postfix milter_content_timeout 30 s")
+    assert timeout.render().startswith(
+        "FAIL  milter time: milter worst case 75 s (slower scanner timeout + 5 s + 10 s quarantine store)"
+        " >= Postfix milter_content_timeout 30 s"
+    )
+    [accept] = [line for line in chk.coherence(PostfixLimits(0, 30, 200, "accept"), None, config_of()) if line.subject == "milter default"]
+    assert accept.render().startswith("WARN  milter default: Postfix milter_default_action = accept: a milter that is down or too slow")
     assert pipe.render().startswith(
         "FAIL  pipe time: pipe worst case 490 s ([pipe] deadline 300 + [delivery] timeout + 30 s 150 + hand-over margin 10"
         " + [report] timeout 30) >= Postfix command_time_limit 200 s: pipe(8) may kill a filter that has delivered"
@@ -210,8 +218,8 @@ def test_coherence_texts():
 
 
 def test_milter_deadline_is_the_slower_scanner_plus_the_pipeline_s_grace():
-    assert chk.milter_deadline(config_of(spamd={"timeout": 10}, clamd={"timeout": 40})) == 45
-    assert chk.milter_deadline(config_of()) == 65
+    assert chk.milter_deadline(config_of(spamd={"timeout": 10}, clamd={"timeout": 40})) == 55  # + 5 s backstop + 10 s store
+    assert chk.milter_deadline(config_of()) == 75
 
 
 @pytest.mark.parametrize(
@@ -286,7 +294,12 @@ def test_sendmail_line(tmp_path):
 def test_postconf_reads_mail_config_and_expands(postfix_dir):
     folder = postfix_dir(command_time_limit="900s", milter_content_timeout="$command_time_limit")
     values = chk.postconf({"MAIL_CONFIG": folder})
-    assert values == {"message_size_limit": "10240000", "milter_content_timeout": "900s", "command_time_limit": "900s"}
+    assert values == {
+        "message_size_limit": "10240000",
+        "milter_content_timeout": "900s",
+        "command_time_limit": "900s",
+        "milter_default_action": "tempfail",
+    }
 
 
 def test_postconf_failures_are_warnings(tmp_path):
@@ -424,9 +437,10 @@ def test_postfix_limits_that_do_not_fit_are_warnings(good_config, postfix_dir):
     mail_config = postfix_dir(message_size_limit=str(200 * M), milter_content_timeout="30s", command_time_limit="5m")
     status, lines = run_check(good_config(), mail_config)
     statuses = by_subject(lines)
-    assert [statuses[s] for s in ("clamd size", "milter size", "milter time")] == ["WARN"] * 3
+    assert [statuses[s] for s in ("clamd size", "milter size")] == ["WARN"] * 2
     # A pipe run that can outlast command_time_limit could be killed after it delivered: a second delivery.
-    assert status == 1 and [s for s, v in statuses.items() if v == "FAIL"] == ["pipe time"], lines
+    # A milter slower than milter_content_timeout: Postfix applies milter_default_action after the quarantine store.
+    assert status == 1 and [s for s, v in statuses.items() if v == "FAIL"] == ["milter time", "pipe time"], lines
     assert "FAIL  pipe time: pipe worst case " in "\n".join(lines) and ">= Postfix command_time_limit 300 s: " in "\n".join(lines)
 
 

@@ -17,7 +17,7 @@ import subprocess  # nosec B404
 import sys
 import tempfile
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from email.message import EmailMessage
 from typing import Any
@@ -26,13 +26,14 @@ import click
 
 from .. import pipeline
 from ..config import ClamdConfig, Config, SpamdConfig
+from ..doors import milterreply
 from ..message import printable
 from ..model import Cause, ScanFailure, SpamOutcome, SpamReport, SpamSkipped, VirusOutcome
 from ..spool import Spool
 
 GTUBE = "XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X"
 POSTCONF = "/usr/sbin/postconf"
-POSTFIX_PARAMETERS = ("message_size_limit", "milter_content_timeout", "command_time_limit")
+POSTFIX_PARAMETERS = ("message_size_limit", "milter_content_timeout", "command_time_limit", "milter_default_action")
 STREAM_MAX_DEFAULT = 100 * 1024 * 1024  # clamd.conf(5) and clamconf of ClamAV 1.4: "Default: 100M" (Debian writes 25M)
 STALE = timedelta(days=3)
 SIZE_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3}
@@ -183,6 +184,7 @@ class PostfixLimits:
     message_size_limit: int  # bytes; 0 is no limit
     milter_content_timeout: int  # seconds
     command_time_limit: int  # seconds
+    milter_default_action: str = "tempfail"  # what Postfix does when the milter does not answer in time
 
     @classmethod
     def parse(cls, values: Mapping[str, str]) -> PostfixLimits:
@@ -190,12 +192,14 @@ class PostfixLimits:
         size = values["message_size_limit"].strip()
         if not size.isdigit():
             raise ValueError(f"not a message_size_limit: {size!r}")
-        return cls(int(size), parse_postfix_time(values["milter_content_timeout"]), parse_postfix_time(values["command_time_limit"]))
+        timeouts = parse_postfix_time(values["milter_content_timeout"]), parse_postfix_time(values["command_time_limit"])
+        return cls(int(size), *timeouts, values.get("milter_default_action", "tempfail").strip())
 
 
 def milter_deadline(config: Config) -> float:
-    """How long the milter may wait for a verdict: the scanners run at once, each bounded by its timeout plus a grace."""
-    return max(config.spamd.timeout, config.clamd.timeout) + pipeline.BACKSTOP
+    """The milter's worst case from end of message to reply: the scanners at once, each bounded by its timeout,
+    the pipeline's backstop, and the quarantine store's allowance (the admin report comes after the reply)."""
+    return milterreply.worst_case(config)
 
 
 def _limit(subject: str, ok: bool, left: str, relation: tuple[str, str], right: str, problem: str, fix: str) -> Line:
@@ -220,17 +224,21 @@ def coherence(postfix: PostfixLimits, stream_max: int | None, config: Config) ->
     fix = "make [milter] max_size at least message_size_limit (only matters with the milter)"
     lines.append(_limit("milter size", 0 < size <= max_size, size_text, fits, f"[milter] max_size {max_size}", problem, fix))
     deadline, timeout = milter_deadline(config), postfix.milter_content_timeout
-    lines.append(
-        _limit(
-            "milter time",
-            deadline < timeout,
-            f"milter deadline {deadline:g} s (slower scanner timeout + {pipeline.BACKSTOP:g} s)",
-            below,
-            f"Postfix milter_content_timeout {timeout} s",
-            "Postfix may give up first and apply milter_default_action",
-            "lower [spamd]/[clamd] timeout or raise milter_content_timeout",
-        )
+    store = milterreply.STORE_ALLOWANCE
+    milter_time = _limit(
+        "milter time",
+        deadline < timeout,
+        f"milter worst case {deadline:g} s (slower scanner timeout + {pipeline.BACKSTOP:g} s + {store:g} s quarantine store)",
+        below,
+        f"Postfix milter_content_timeout {timeout} s",
+        "Postfix gives up first, applies milter_default_action, and the client's retry quarantines the message twice",
+        "lower [spamd]/[clamd] timeout or raise milter_content_timeout (only matters with the milter)",
     )
+    lines.append(replace(milter_time, status=Status.FAIL) if milter_time.status is Status.WARN else milter_time)
+    if postfix.milter_default_action == "accept":
+        problem = "a milter that is down or too slow lets mail in unscanned"
+        fix = "set milter_default_action = tempfail (only matters with the milter)"
+        lines.append(Line(Status.WARN, "milter default", f"Postfix milter_default_action = accept: {problem}", fix))
     from ..doors.pipe import worst_case
 
     longest, made_of = worst_case(config)
