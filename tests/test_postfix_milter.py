@@ -5,9 +5,11 @@ when it says so (sd_notify), scanning with the real spamd and clamd. The
 SMTP client sees the verdict; the sink sees what was delivered.
 """
 
+import os
 import re
 import signal
 import threading
+import time
 from email import message_from_bytes
 
 import pytest
@@ -15,7 +17,7 @@ from faults.rigs import HoldingSpamd
 
 import corpus
 import daemons as harness
-from conftest import quarantined, write_config
+from conftest import Sendmail, quarantined, write_config
 from milterproc import USER, MilterProcess
 from postfix import PostfixInstance, filter_sections, free_port, requires_root
 
@@ -31,7 +33,7 @@ def wiring(daemons):
     """
     started = []
 
-    def start(spamd_port=None, metrics_port=None, **milter_config):
+    def start(spamd_port=None, metrics_port=None, content_timeout="120s", sections=None, **milter_config):
         postfix = PostfixInstance()
         started.append(postfix)
         milter = MilterProcess()
@@ -45,13 +47,14 @@ def wiring(daemons):
                 ),
                 "metrics": {"listen": f"127.0.0.1:{metrics_port}" if metrics_port else ""},
                 "milter": {"socket": f"inet:{port}@127.0.0.1", "tmpdir": str(folder), "user": f"{USER}:postdrop", **milter_config},
+                **(sections or {}),
             },
         )
         # MAIL_CONFIG: the milter's admin reports go through this instance's sendmail, whose
         # postdrop trusts MAIL_CONFIG only from group postdrop (POSTFIX-TESTING.md).
         milter.start(config, env={"MAIL_CONFIG": str(postfix.config_dir)})
         milter.expect(b"READY=1")
-        postfix.start("milter", milter=f"inet:127.0.0.1:{port}", milter_content_timeout="120s")
+        postfix.start("milter", milter=f"inet:127.0.0.1:{port}", milter_content_timeout=content_timeout)
         return postfix, milter
 
     yield start
@@ -88,6 +91,41 @@ def test_virus_quarantined_and_reported(wiring):
     assert report.recipients == (ADMIN,) and message_from_bytes(report.data)["Subject"] == "VIRUS FOUND"
     [(meta, _)] = quarantined(milter.folder / "quarantine")
     assert meta["reason"] == "virus" and meta["recipients"] == [RECIPIENT] and meta["queue_id"]
+
+
+@pytest.fixture
+def user_folder():
+    """An empty folder under /tmp that the milter's USER may write to."""
+    import pwd
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    folder = Path(tempfile.mkdtemp(prefix="mailfilter-sent-", dir="/tmp"))
+    folder.chmod(0o755)
+    user = pwd.getpwnam(USER)
+    os.chown(folder, user.pw_uid, user.pw_gid)
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_a_hanging_report_sendmail_neither_delays_the_reply_nor_duplicates_the_entry(wiring, user_folder):
+    """The admin report's sendmail hangs 30 s, Postfix waits 10 s for the milter's reply: the virus is quarantined
+    once and discarded. Before, the report sat between verdict and reply: Postfix gave up, applied
+    milter_default_action (451), and the client's retry stored the message a second time."""
+    hanging = Sendmail(user_folder).argv("--sleep", "30")
+    postfix, milter = wiring(virus="quarantine", content_timeout="10s", sections={"delivery": {"sendmail": hanging}})
+    started = time.monotonic()
+    replies = [postfix.send(corpus.eicar_in_zip(), SENDER, [RECIPIENT])]
+    if replies[0][0] >= 400:  # as an SMTP client does after a 4xx: try again
+        replies.append(postfix.send(corpus.eicar_in_zip(), SENDER, [RECIPIENT]))
+    took = time.monotonic() - started
+    assert [code for code, _ in replies] == [250], (replies, postfix.diagnostics())
+    assert took < 10, took
+    [(meta, _)] = quarantined(milter.folder / "quarantine")
+    assert meta["reason"] == "virus" and meta["recipients"] == [RECIPIENT]
+    assert postfix.sink.deliveries == [] and not re.search(r"milter .* timeout", postfix.maillog())
+    assert "milter=quarantine" not in milter.log()  # the summary line waits for the report, after the reply
 
 
 def test_spamd_stopped_is_451_and_nothing_delivered(wiring):
