@@ -176,6 +176,7 @@ def test_through_the_wrapper_mail_is_delivered_as_before(daemons):
 @pytest.mark.parametrize(
     ("kind", "reason"),
     [("import", r"exit status 1"), ("interpreter", r"cannot run /\S+/broken/mailfilter: No such file or directory")],
+    ids=["import", "interpreter"],
 )
 def test_a_broken_install_behind_the_wrapper_defers(daemons, kind, reason):
     with PostfixInstance() as postfix:
