@@ -168,10 +168,10 @@ def clean(result: subprocess.CompletedProcess, q: Hostile) -> bytes:
 
 
 def warned(result: subprocess.CompletedProcess) -> list[str]:
-    """The ids named by `warning: skipped bad entry ID.json|ID.eml: why` lines."""
+    """The ids named by `warning: skipped ID.json|ID.eml|ID: why` lines."""
     lines = result.stderr.decode().splitlines()
-    assert all(line.startswith("warning: skipped bad entry ") for line in lines), lines
-    return sorted(line.split()[4].split(".")[0] for line in lines)
+    assert all(line.startswith("warning: skipped ") for line in lines), lines
+    return sorted(line.split()[2].split(".")[0].rstrip(":") for line in lines)
 
 
 def test_list_skips_and_reports_every_bad_entry_and_escapes_the_rest(hostile):
@@ -273,6 +273,23 @@ def test_purge_as_root_deletes_the_old_good_entries_and_leaves_the_bad_alone(hos
     assert warned(result) == sorted(BAD)
     assert sorted(p.name for p in hostile.folder.iterdir()) == [n for n in before if not n.startswith((GOOD, GOOD2))]
     assert hostile.secret_file.read_bytes() == hostile.secret + b"\n"
+
+
+def test_an_entry_locked_for_ever_is_skipped_not_waited_on(hostile):
+    """A process of the filter's user that holds an entry's lock and never lets go."""
+    lock = os.open(hostile.folder / f"{GOOD2}.eml", os.O_RDONLY)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        assert hostile.run("show", GOOD2).returncode == 0  # reading needs no lock
+        busy = hostile.run("release", GOOD2)
+        clean(busy, hostile)
+        assert busy.returncode == 1 and b"locked by another process" in busy.stderr and hostile.sendmail.calls == []
+        purged = hostile.run("purge", "--older-than", "1d")
+        clean(purged, hostile)
+        assert purged.returncode == 0 and purged.stdout == b"purged 1 message(s) older than 1d\n"
+        assert warned(purged) == sorted([*BAD, GOOD2]) and (hostile.folder / f"{GOOD2}.json").exists()
+    finally:
+        os.close(lock)
 
 
 def test_delete_of_a_bad_entry_is_refused_and_of_a_good_one_done(hostile):

@@ -13,10 +13,12 @@ tools skip and report (list, purge) or refuse (show, release, delete).
 from __future__ import annotations
 
 import errno
+import fcntl
 import json
 import os
 import re
 import stat
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -26,6 +28,7 @@ from typing import Any
 ID_PATTERN = re.compile(r"^\d{8}T\d{6}Z-[0-9a-f]{10}$")
 META_LIMIT = 1 << 20  # an entry's .json is a few KiB; more is not ours
 _OPEN = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+LOCK_WAIT = 5.0  # seconds an admin command waits for an entry's lock (another release, or a process that never lets go)
 
 
 class BadEntry(Exception):
@@ -136,6 +139,19 @@ class Folder:
 
     def unlink(self, name: str) -> None:
         os.unlink(name, dir_fd=self.fd)
+
+
+def lock(fd: int, wait: float = LOCK_WAIT) -> bool:
+    """An exclusive flock on FD within WAIT seconds (polled, so a holder that never lets go cannot hang us)."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.01)
 
 
 def read_all(fd: int, limit: int | None = None) -> bytes:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import json
 import os
 import secrets
@@ -31,9 +30,8 @@ from .. import message as msgmod
 from ..config import QuarantineConfig
 from ..model import Decision, Envelope, ScanResults, SpamReport, Verdict, VirusReport
 from ..spool import Spool
+from . import held
 from .held import ID_PATTERN, BadEntry, Entry, Folder, read_all, validate
-
-__all__ = ["ID_PATTERN", "BadEntry", "Entry", "FolderStore", "QuarantineError", "open_store", "store", "write_atomic"]
 
 
 class QuarantineError(Exception):
@@ -139,6 +137,10 @@ class Refused(QuarantineError):
     """The operation needs --force (releasing a virus)."""
 
 
+class Busy(QuarantineError):
+    """Another process holds the entry's lock."""
+
+
 def _check_id(qid: str) -> str:
     if not ID_PATTERN.match(qid):
         raise NotFound(f"{msgmod.printable(qid, 100)!r} is not a quarantine id (like 20261127T120000Z-0a1b2c3d4e)")
@@ -200,22 +202,24 @@ class FolderStore:
     @contextlib.contextmanager
     def open_message(self, qid: str) -> Iterator[tuple[Entry, BinaryIO]]:
         """The entry and its message, as a file read through the one checked descriptor."""
-        with self._locked(qid, fcntl.LOCK_SH) as (_folder, fd, entry), os.fdopen(os.dup(fd), "rb") as fh:
+        with self._locked(qid, lock=False) as (_folder, fd, entry), os.fdopen(os.dup(fd), "rb") as fh:
             yield entry, fh
 
     @contextlib.contextmanager
-    def _locked(self, qid: str, how: int = fcntl.LOCK_EX) -> Iterator[tuple[Folder, int, Entry]]:
+    def _locked(self, qid: str, lock: bool = True) -> Iterator[tuple[Folder, int, Entry]]:
         """Hold the entry's lock; yield the folder, the message's descriptor and the metadata.
 
         The lock is taken on the .eml, which is never replaced (the .json is, by
         rename), so every writer (release, delete, another process) serialises on
-        it; the message is read through that same descriptor, never reopened.
+        it; the message is read through that same descriptor, never reopened. A
+        lock held longer than held.LOCK_WAIT is Busy, not a wait for ever.
         """
         try:
             with self._open() as folder:
                 fd = folder.open(f"{_check_id(qid)}.eml")
                 try:
-                    fcntl.flock(fd, how)
+                    if lock and not held.lock(fd):
+                        raise Busy(f"{qid}: locked by another process for {held.LOCK_WAIT:g} s; try again")
                     yield folder, fd, folder.metadata(qid)
                 finally:
                     os.close(fd)
@@ -254,9 +258,10 @@ class FolderStore:
             folder.unlink(f"{qid}.json")
             folder.unlink(f"{qid}.eml")
 
-    def purge(self, older_than: timedelta, now: datetime | None = None) -> tuple[list[str], list[BadEntry]]:
-        """Delete every entry created more than OLDER_THAN ago; return their ids and the entries skipped as bad."""
-        good, bad = self.entries()
+    def purge(self, older_than: timedelta, now: datetime | None = None) -> tuple[list[str], list[BadEntry | Busy]]:
+        """Delete every entry created more than OLDER_THAN ago; return their ids and the entries skipped (bad, busy)."""
+        good, skipped = self.entries()
+        bad: list[BadEntry | Busy] = list(skipped)
         try:
             limit = (now or datetime.now(UTC)) - older_than
         except OverflowError:
@@ -268,8 +273,8 @@ class FolderStore:
                     self.delete(entry.id)
                 except NotFound:
                     continue  # removed by someone else meanwhile
-                except BadEntry as exc:
-                    bad.append(exc)  # its message is not ours (a symlink planted since the listing, ...)
+                except (BadEntry, Busy) as exc:
+                    bad.append(exc)  # locked for long, or its message is not ours (a symlink planted since the listing, ...)
                     continue
                 gone.append(entry.id)
         return gone, bad
@@ -301,11 +306,3 @@ def release(
     now: datetime | None = None,
 ) -> dict[str, Any]:
     return FolderStore(folder).release(qid, by, send, recipients, force, now).meta
-
-
-def delete(folder: str, qid: str) -> None:
-    FolderStore(folder).delete(qid)
-
-
-def purge(folder: str, older_than: timedelta, now: datetime | None = None) -> list[str]:
-    return FolderStore(folder).purge(older_than, now)[0]

@@ -127,9 +127,9 @@ def _errors(command: F) -> F:
     return run  # type: ignore[return-value]
 
 
-def _warn(bad: list[store.BadEntry]) -> None:
-    for exc in bad:
-        click.echo(f"warning: skipped bad entry {printable(str(exc), 500)}", err=True)
+def _warn(skipped: list[store.BadEntry] | list[store.BadEntry | store.Busy]) -> None:
+    for exc in skipped:
+        click.echo(f"warning: skipped {printable(str(exc), 500)}", err=True)
 
 
 def reason(entry: store.Entry) -> str:
