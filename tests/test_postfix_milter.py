@@ -128,6 +128,20 @@ def test_a_hanging_report_sendmail_neither_delays_the_reply_nor_duplicates_the_e
     assert "milter=quarantine" not in milter.log()  # the summary line waits for the report, after the reply
 
 
+def test_sigterm_sends_the_reports_still_waiting_after_the_reply(wiring, user_folder):
+    """The reply went, the report is still on its way when SIGTERM comes: the stop waits for it (within [milter] grace)."""
+    slow = Sendmail(user_folder).argv("--sleep", "2")
+    postfix, milter = wiring(virus="quarantine", grace=20, sections={"delivery": {"sendmail": slow}})
+    assert postfix.send(corpus.eicar_attached(), SENDER, [RECIPIENT])[0] == 250
+    milter.proc.send_signal(signal.SIGTERM)  # the report's sendmail is still sleeping
+    milter.expect(b"STOPPING=1")
+    assert milter.proc.wait(timeout=60) == 0
+    [(argv, report)] = Sendmail(user_folder).calls
+    assert argv[-1] == ADMIN and b"Subject: VIRUS FOUND" in report
+    log = milter.log()
+    assert "milter=quarantine" in log and "report=sent" in log and "not done within [milter] grace" not in log
+
+
 def test_spamd_stopped_is_451_and_nothing_delivered(wiring):
     postfix, _ = wiring()
     harness.stop(only="spamd")
