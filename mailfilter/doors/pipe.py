@@ -38,9 +38,15 @@ quarantine it, or defer it. Exit status: 0 delivered or held, 75 deferred
 When `mailfilter worker` listens on [pipe] worker, the message is handed to it
 (the same filtering, without importing the pipeline in every process).
 
-master.cf:
+[pipe] deadline bounds reading and scanning; delivery has [delivery] timeout.
+Once sendmail accepted the message or its quarantine entry is durable the
+answer is 0, whatever the admin report, journal or metrics meet afterwards.
+
+master.cf (mailfilter-pipe, wrapper/mailfilter-pipe.c, turns any other ending
+into a deferral):
   mailfilter unix - n n - 10 pipe flags=Rq user=mailfilter null_sender=
-    argv=/usr/local/bin/mailfilter pipe -q ${{queue_id}} -f ${{sender}} -- ${{recipient}}
+    argv=/usr/local/libexec/mailfilter/mailfilter-pipe -t 900 /usr/local/bin/mailfilter
+      pipe -q ${{queue_id}} -f ${{sender}} -- ${{recipient}}
 """
 DEFAULT_DEADLINE = PIPE_DEADLINE  # until the config is read
 # Seconds a quarantine write (a few fsyncs) is allowed where a delivery budget is counted.
