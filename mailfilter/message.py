@@ -9,7 +9,14 @@ characters, no line breaks, bounded length.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from .spool import CHUNK
+
+if TYPE_CHECKING:
+    from .spool import Spool
 
 # Enough of a message to hold any sane header section; only fields from it are read.
 HEAD_LIMIT = 256 * 1024
@@ -42,10 +49,50 @@ class Parsed:
         wanted = name.lower().encode("ascii")
         out = []
         for f in self.fields:
-            if self.field_name(f) == wanted:
-                value = f.split(b":", 1)[1]
-                out.append(re.sub(rb"\r?\n[ \t]", b" ", value).strip())
+            m = _FIELD_NAME.match(f)
+            if m and m.group(1).lower() == wanted:
+                out.append(_unfolded(f[m.end() :]).strip())
         return out
+
+
+def _unfolded(value: bytes) -> bytes:
+    """re.sub(rb"\r?\n[ \t]", b" ", VALUE) for a field's value, without a call per fold: in a field every
+    line end but the last is followed by a blank, and every CRLF is a line end."""
+    return value.replace(b"\r\n", b"\n").replace(b"\n ", b" ").replace(b"\n\t", b" ")
+
+# The same test as _FIELD_NAME, for pattern.match(text, pos, endpos) (where ^ would not match).
+_FIELD_AT = re.compile(rb"[!-9;-~]+[ \t]*:")
+# Where a run of continuation lines ends: the first line end not followed by a blank. Found by the C regex
+# engine in one search, never joined in a loop.
+_FOLD_END = re.compile(rb"\n(?![ \t])")
+
+
+def _eol(head: bytes) -> bytes:
+    return b"\r\n" if b"\r\n" in head[:4096] else b"\n"
+
+
+def _split(raw: bytes) -> tuple[list[bytes], list[bytes], int]:
+    """(leading "From " lines, header fields, offset of the rest) of RAW, in time linear in the header:
+    each line is found with bytes.find, each field with its folded lines is one slice."""
+    envelope: list[bytes] = []
+    fields: list[bytes] = []
+    pos, size = 0, len(raw)
+    while pos < size:
+        nl = raw.find(b"\n", pos)
+        end = size if nl < 0 else nl + 1
+        if end - pos <= 2 and raw[pos:end] in (b"\n", b"\r\n"):
+            break
+        if not fields and raw.startswith(b"From ", pos):  # only before the first field, as Postfix's sendmail
+            envelope.append(raw[pos:end])
+        elif _FIELD_AT.match(raw, pos, end):
+            if nl >= 0:
+                m = _FOLD_END.search(raw, nl)
+                end = m.end() if m else size  # no match: the last line is a continuation without a newline
+            fields.append(raw[pos:end])
+        else:
+            break
+        pos = end
+    return envelope, fields, pos
 
 
 def parse(raw: bytes) -> Parsed:
@@ -55,46 +102,178 @@ def parse(raw: bytes) -> Parsed:
     data), as Postfix reads them. A line in the header that is neither a field
     nor a continuation (malformed input) ends the header: the rest is body.
     """
-    eol = b"\r\n" if b"\r\n" in raw[:4096] else b"\n"
-    lines = raw.split(b"\n")
-    lines = [line + b"\n" for line in lines[:-1]] + ([lines[-1]] if lines[-1] else [])
-    envelope_lines: list[bytes] = []
-    fields: list[bytes] = []
-    pos = 0
-    for line in lines:
-        if line in (b"\n", b"\r\n"):
-            break
-        if line.startswith(b"From ") and not fields:  # only before the first field, as Postfix's sendmail
-            envelope_lines.append(line)
-        elif line[:1] in (b" ", b"\t") and fields:
-            fields[-1] += line
-        elif _FIELD_NAME.match(line):
-            fields.append(line)
-        else:
-            break
-        pos += len(line)
-    return Parsed(tuple(fields), raw[pos:], eol, tuple(envelope_lines))
+    envelope, fields, pos = _split(raw)
+    return Parsed(tuple(fields), raw[pos:], _eol(raw), tuple(envelope))
+
+
+def _ours(add: tuple[tuple[str, str], ...], eol: bytes) -> bytes:
+    return b"".join(f"{name}: {header_value(value)}".encode("ascii", "replace") + eol for name, value in add)
 
 
 def rewrite(raw: bytes, add: tuple[tuple[str, str], ...]) -> bytes:
-    """RAW without spoofed X-Spam-*/X-Virus-* fields, with ADD prepended (after any leading "From " lines)."""
-    msg = parse(raw)
-    kept = [f for f in msg.fields if not _is_own(msg, f)]
+    """RAW without spoofed X-Spam-*/X-Virus-* fields, with ADD prepended (after any leading "From " lines).
+
+    For a message in a Spool, rewritten() gives the same bytes without holding the body in memory."""
+    envelope, fields, pos = _split(raw)
+    eol = _eol(raw)
+    kept = [f for f in fields if not _own(f)]
     if kept and not kept[-1].endswith(b"\n"):
-        kept[-1] += msg.eol  # a header-only message without a final newline
-    new = [f"{name}: {header_value(value)}".encode("ascii", "replace") + msg.eol for name, value in add]
-    rest = msg.rest
-    if not msg.fields and not rest.startswith((b"\n", b"\r\n")) and rest:
-        rest = msg.eol + rest  # no header at all: keep the body a body
-    envelope = list(msg.envelope_lines)
+        kept[-1] += eol  # a header-only message without a final newline
+    rest = memoryview(raw)[pos:]
+    if not fields and rest and raw[pos : pos + 1] != b"\n" and raw[pos : pos + 2] != b"\r\n":
+        kept.append(eol)  # no header at all: keep the body a body
     if envelope and not envelope[-1].endswith(b"\n"):
-        envelope[-1] += msg.eol  # a lone "From " line without a final newline
-    return b"".join([*envelope, *new, *kept]) + rest
+        envelope[-1] += eol  # a lone "From " line without a final newline
+    return b"".join([*envelope, _ours(add, eol), *kept, rest])
 
 
-def _is_own(msg: Parsed, raw_field: bytes) -> bool:
-    name = msg.field_name(raw_field)
-    return name is not None and OWN_FIELD.match(name) is not None
+# What _head() says about a line (or a run of continuation lines).
+_BLANK, _FROM, _FOLDED, _FIELD, _OWN, _OPEN = 1, 2, 4, 8, 16, 32  # _OPEN: the message ends without a newline
+_OWN_AT = re.compile(rb"x-(?:spam|virus)-", re.IGNORECASE)  # OWN_FIELD, for the name that starts a field line
+_NAME_RUN = re.compile(rb"[!-9;-~]*")
+_BLANK_RUN = re.compile(rb"[ \t]*")
+
+
+def rewritten(spool: Spool, add: tuple[tuple[str, str], ...], window: int = CHUNK) -> Iterator[bytes]:
+    """rewrite() of the message in SPOOL, as chunks of about CHUNK bytes, never holding more than a few.
+
+    The header is read a WINDOW at a time (a line longer than that is scanned,
+    not held) and what we keep of it is copied from the spool, as is the body.
+    """
+    pieces, size = [], 0  # small pieces are joined: fewer, larger writes to sendmail
+    for piece in _pieces(spool, add, window):
+        pieces.append(piece)
+        size += len(piece)
+        if size >= CHUNK:
+            yield b"".join(pieces)
+            pieces, size = [], 0
+    if pieces:
+        yield b"".join(pieces)
+
+
+def _pieces(spool: Spool, add: tuple[tuple[str, str], ...], window: int) -> Iterator[bytes]:
+    eol = _eol(spool.read(4096))
+    copied = 0  # the spool's bytes before this offset are written or dropped
+    fields = ours = dropping = is_open = False
+    for start, end, kind, base, data in _head(spool, window):
+        if kind & _FROM and not fields:
+            is_open = bool(kind & _OPEN)
+            continue
+        if not ours:
+            yield from _copy(spool, copied, start, base, data)
+            yield _ours(add, eol)
+            copied, ours = start, True
+        if kind & _FOLDED and fields:
+            if dropping:
+                copied = end
+            is_open = not dropping and bool(kind & _OPEN)
+            continue
+        if kind & _FIELD:
+            fields, dropping = True, bool(kind & _OWN)
+            if dropping:
+                yield from _copy(spool, copied, start, base, data)
+                copied = end
+            is_open = not dropping and bool(kind & _OPEN)
+            continue
+        if not fields and not kind & _BLANK:
+            yield from _copy(spool, copied, start, base, data)
+            yield eol  # no header at all: keep the body a body
+            copied = start
+        is_open = False
+        break
+    yield from spool.chunks(copied)
+    if is_open:
+        yield eol  # a last header line without a final newline
+    if not ours:
+        yield _ours(add, eol)  # nothing but "From " lines, or nothing at all
+
+
+def _copy(spool: Spool, start: int, end: int, base: int, data: bytes) -> Iterable[bytes]:
+    """The spool's bytes from START to END: from DATA (the spool's bytes at BASE) if it holds them."""
+    if base <= start and end <= base + len(data):
+        return (data[start - base : end - base],) if start < end else ()
+    return spool.chunks(start, end)
+
+
+def _head(spool: Spool, window: int) -> Iterator[tuple[int, int, int, int, bytes]]:
+    """(start, end, kind, base, data) of each header line of SPOOL, until the caller stops; consecutive
+    continuation lines come as one; DATA is the window read at BASE. Lines are classified as _split()
+    does; only WINDOW bytes are held at a time."""
+    pos, size, window = 0, spool.size, max(window, 8)  # 8: enough to tell "From " and "X-Virus-" lines
+    while pos < size:
+        data = spool.read_at(pos, window)
+        last = pos + len(data) >= size
+        i = 0
+        while i < len(data):
+            nl = data.find(b"\n", i)
+            if nl < 0 and not last:
+                if i == 0:  # a line longer than the window
+                    end, kind = _long_line(spool, pos, data)
+                    yield pos, end, kind, pos, data
+                    i = end - pos
+                break
+            end = len(data) if nl < 0 else nl + 1
+            if data[i] in b" \t":
+                if nl >= 0:  # on to the end of the run, or of the last complete line in DATA
+                    m = _FOLD_END.search(data, nl)
+                    end = m.end() if m else (len(data) if last else data.rfind(b"\n") + 1)
+                kind = _FOLDED
+            elif end - i <= 2 and data[i:end] in (b"\n", b"\r\n"):
+                kind = _BLANK
+            else:
+                kind = _FROM if data.startswith(b"From ", i) else 0
+                if _FIELD_AT.match(data, i, end):
+                    kind |= _FIELD | (_OWN if _OWN_AT.match(data, i) else 0)
+            if last and end == len(data) and not data.endswith(b"\n"):
+                kind |= _OPEN
+            yield pos + i, pos + end, kind, pos, data
+            i = end
+        pos += i
+
+
+def _long_line(spool: Spool, start: int, data: bytes) -> tuple[int, int]:
+    """(end, kind) of the line at START that fills DATA and goes on: read on to its end, a chunk at a time."""
+    if data[0] in b" \t":
+        kind, is_field = _FOLDED, False
+    else:
+        kind, is_field = (_FROM if data.startswith(b"From ") else 0), None
+    own = _OWN if _OWN_AT.match(data) else 0
+    state, offset = 0, start  # state: 0 no name byte yet, 1 in the name, 2 in the blanks before the colon
+    while True:
+        if is_field is None:
+            is_field, state = _field_step(data, state)
+        nl = data.find(b"\n")
+        if nl >= 0:
+            end = offset + nl + 1
+            break
+        offset += len(data)
+        data = spool.read_at(offset, CHUNK)
+        if not data:
+            end, kind = offset, kind | _OPEN
+            break
+    return end, kind | (_FIELD | own if is_field else 0)
+
+
+def _field_step(data: bytes, state: int) -> tuple[bool | None, int]:
+    """_FIELD_AT, one piece of a line at a time: True or False once decided, None while it may still match."""
+    i = 0
+    if state < 2:
+        i = _NAME_RUN.match(data).end()
+        state = 1 if i or state else 0
+        if i == len(data):
+            return None, state
+        if state == 0:
+            return False, state
+        state = 2
+    i = _BLANK_RUN.match(data, i).end()
+    if i == len(data):
+        return None, state
+    return data[i] == 0x3A, state
+
+
+def _own(raw_field: bytes) -> bool:
+    m = _FIELD_NAME.match(raw_field)
+    return m is not None and OWN_FIELD.match(m.group(1).lower()) is not None
 
 
 def header_value(value: str, limit: int = 900) -> str:
@@ -111,7 +290,7 @@ def _escape(match: re.Match[str]) -> str:
 
 def printable(text: str, limit: int = 500) -> str:
     """TEXT safe to print on a terminal or in a report: control characters escaped, one line."""
-    out = _CONTROL.sub(_escape, text)
+    out = _CONTROL.sub(_escape, text[: limit + 1])  # each character gives one or more: the rest is cut anyway
     if len(out) > limit:
         out = out[:limit] + "..."
     return out
