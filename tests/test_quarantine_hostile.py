@@ -362,6 +362,22 @@ def test_a_hard_link_or_huge_metadata_is_a_bad_entry(tmp_path):
             folder.metadata(GOOD2)
 
 
+def test_the_store_leaves_no_descriptor_open(tmp_path):
+    from mailfilter.actions import quarantine
+    from mailfilter.spool import Spool
+
+    folder = quarantine.FolderStore(str(tmp_path / "q"))
+    with Spool.of(BODY) as spool:
+        i = folder.store(spool, {"reason": "spam", "sender": "a@b", "recipients": ["c@d"]})
+    before = sorted(os.listdir("/proc/self/fd"))
+    assert [e.id for e in folder.entries()[0]] == [i] and folder.get(i).size == len(BODY)
+    with folder.open_message(i) as (_entry, fh):
+        assert fh.read() == BODY
+    folder.release(i, "admin", lambda data, sender, to: None)
+    folder.delete(i)
+    assert sorted(os.listdir("/proc/self/fd")) == before
+
+
 # --- the journal: never a planted symlink followed, never a FIFO waited on ----------------------------
 
 

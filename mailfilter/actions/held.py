@@ -65,16 +65,18 @@ class Entry:
 
 
 class Folder:
-    """The quarantine folder opened by descriptor (a context manager); raises OSError if it cannot be."""
+    """The quarantine folder opened by descriptor (OSError if it cannot be); closed when its `with` ends."""
 
     def __init__(self, path: str) -> None:
         self.path = path
-        self.fd = -1
-        self.uid = -1
+        self.fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            self.uid = os.fstat(self.fd).st_uid
+        except BaseException:
+            os.close(self.fd)
+            raise
 
     def __enter__(self) -> Folder:
-        self.fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        self.uid = os.fstat(self.fd).st_uid
         return self
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:

@@ -160,7 +160,7 @@ class FolderStore:
     @contextlib.contextmanager
     def _open(self) -> Iterator[Folder]:
         try:
-            folder = Folder(self.folder).__enter__()
+            folder = Folder(self.folder)
         except FileNotFoundError:
             raise
         except OSError as exc:
