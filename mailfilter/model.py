@@ -59,6 +59,8 @@ class SpamReport:
     score: float
     threshold: float
     tests: tuple[str, ...] = ()
+    # (bytes scored, bytes in the message) when spamd was sent only the first [spamd] max_size bytes.
+    truncated: tuple[int, int] | None = None
 
     @property
     def is_spam(self) -> bool:

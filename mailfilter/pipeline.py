@@ -11,14 +11,15 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextvars
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from . import policy
+from . import deepscan, policy
 from .config import Config
-from .model import SCANNER_CLAMAV, SCANNER_SPAMD, Cause, Decision, ScanFailure, ScanResults, SpamSkipped
+from .model import SCANNER_CLAMAV, SCANNER_SPAMD, Cause, Decision, ScanFailure, ScanResults, SpamOutcome, SpamReport
 from .spool import Spool
 
 # Seconds the pipeline waits beyond a scanner's own timeout before it calls the scanner hung.
@@ -64,12 +65,14 @@ class Runner:
 
         started = time.monotonic()
         context = contextvars.copy_context()  # the caller's (the queue id) in both threads, as to_thread() does
-        if message.size > config.spamd.max_size:  # as spamc does: big messages are rarely spam
-            spam_scan = _done(SpamSkipped(f"message larger than {config.spamd.max_size} bytes"))
+        # spamd's copy: all of a message up to [spamd] max_size, else its first max_size bytes cut at a line
+        # end (as amavisd-new does), and the header says so. Only those bytes are read.
+        if message.size > config.spamd.max_size:
+            copy = spamd.truncate(message.read(config.spamd.max_size))
+            spam_scan = self._spamd.submit(context.run, _timed, started, _truncated, copy, message.size, config.spamd)
         else:
-            # Read spamd's copy now, before the ClamAV thread starts streaming the same spool.
             spam_scan = self._spamd.submit(context.run, _timed, started, spamd.scan_blocking, message.read(), config.spamd)
-        virus_scan = self._clamav.submit(context.copy().run, _timed, started, _virus_backend(config).scan, message, config.clamd)
+        virus_scan = self._clamav.submit(context.copy().run, _timed, started, deepscan.scan, _virus_backend(config), message, config.clamd)
         spam, spam_seconds = _wait(spam_scan, started, config.spamd.timeout, SCANNER_SPAMD)
         virus, virus_seconds = _wait(virus_scan, started, config.clamd.timeout, SCANNER_CLAMAV)
         return ScanResults(spam, virus, spam_seconds, virus_seconds)
@@ -106,6 +109,15 @@ def _virus_backend(config: Config) -> Any:
     else:
         from .scanners import clamd as backend
     return backend
+
+
+def _truncated(copy: bytes, size: int, config: Any) -> SpamOutcome:
+    from .scanners import spamd
+
+    outcome = spamd.scan_blocking(copy, config)
+    if isinstance(outcome, SpamReport):
+        return dataclasses.replace(outcome, truncated=(len(copy), size))
+    return outcome
 
 
 def _timed(started: float, scan: Callable[..., Any], *args: Any) -> tuple[Any, float]:

@@ -15,7 +15,7 @@ import pytest
 from mailfilter import config as configmod
 from mailfilter import pipeline
 from mailfilter.doors import milter
-from mailfilter.model import Cause, ScanFailure, SpamReport, SpamSkipped, Verdict, VirusReport
+from mailfilter.model import Cause, ScanFailure, SpamReport, Verdict, VirusReport
 from mailfilter.scanners import spamd
 from mailfilter.spool import Spool
 
@@ -160,12 +160,13 @@ def test_a_scanner_that_ignores_its_timeout_meets_the_backstop(runner, monkeypat
     assert results.virus_seconds < 5
 
 
-def test_big_messages_skip_spamd(runner, fake_spamd, tmp_path):
-    server = fake_spamd(None)  # would hang: it must not be asked
+def test_big_messages_go_to_spamd_cut_at_a_line_end(runner, fake_spamd, tmp_path):
+    server = fake_spamd(b"SPAMD/1.1 0 EX_OK\r\nSpam: True ; 1000.0 / 5.0\r\nContent-length: 5\r\n\r\nGTUBE")
     config = config_for(spamd={"port": server.port, "max_size": 100}, clamd={"socket": str(tmp_path / "none.ctl")})
-    with Spool.of(corpus.clean() + b"x" * 200) as spool:
+    raw = corpus.clean() + b"x" * 200
+    with Spool.of(raw) as spool:
         results = runner.scan(spool, config)
-    assert results.spam == SpamSkipped("message larger than 100 bytes") and server.held == []
+    assert results.spam == SpamReport(1000.0, 5.0, ("GTUBE",), truncated=(raw[:100].rfind(b"\n") + 1, len(raw)))
 
 
 def test_scanner_threads_see_the_callers_context(runner, monkeypatch, fake_spamd):

@@ -28,6 +28,8 @@ SPAMD_DOWN = ScanFailure("spamd", Cause.UNAVAILABLE, "connection refused")
 CLAM_DOWN = ScanFailure("clamav", Cause.UNAVAILABLE, "no socket")
 CLAM_SLOW = ScanFailure("clamav", Cause.TIMEOUT, "no answer")
 SKIPPED = SpamSkipped("message larger than 512000 bytes")
+DEEP = VirusReport(unscannable=("clamd: Heuristics.Limits.Exceeded.MaxRecursion in part 2 (application/zip)",))
+EICAR_AND_DEEP = VirusReport(("Eicar-Test-Signature",), code=1, unscannable=DEEP.unscannable)
 
 
 def cfg(**sections):
@@ -39,6 +41,7 @@ ACCEPT_BOTH = cfg(spamd={"on_error": "accept"}, clamd={"on_error": "accept"})
 QUARANTINE_10 = cfg(quarantine={"spam_score": 10})
 REJECT_VIRUS = cfg(policy={"virus": "reject"})
 REJECT_SPAM_20 = cfg(policy={"spam_reject_score": 20}, quarantine={"spam_score": 10})
+UNSCANNABLE = {value: cfg(policy={"unscannable": value}) for value in ("quarantine", "reject", "tempfail", "accept")}
 
 CASES = [
     # spam, virus, config, verdict, action, dsn status, report
@@ -58,6 +61,18 @@ CASES = [
     (SpamReport(10.0, 5.0), CLEAN, QUARANTINE_10, Verdict.SPAM, Action.QUARANTINE, None, None),
     (BIG_SPAM, CLEAN, REJECT_SPAM_20, Verdict.SPAM, Action.REJECT, (5, 7, 1), None),
     (SpamReport(15.0, 5.0), CLEAN, REJECT_SPAM_20, Verdict.SPAM, Action.QUARANTINE, None, None),
+    # A virus scan that could not see everything: [policy] unscannable, never clean; a virus beats it,
+    # it beats a spamd failure and spam.
+    (HAM, DEEP, DEFAULT, Verdict.UNSCANNABLE, Action.QUARANTINE, None, None),
+    (HAM, DEEP, UNSCANNABLE["quarantine"], Verdict.UNSCANNABLE, Action.QUARANTINE, None, None),
+    (HAM, DEEP, UNSCANNABLE["reject"], Verdict.UNSCANNABLE, Action.REJECT, (5, 7, 1), None),
+    (HAM, DEEP, UNSCANNABLE["tempfail"], Verdict.UNSCANNABLE, Action.TEMPFAIL, (4, 7, 1), None),
+    (HAM, DEEP, UNSCANNABLE["accept"], Verdict.UNSCANNABLE, Action.DELIVER, None, None),
+    (HAM, EICAR_AND_DEEP, DEFAULT, Verdict.VIRUS, Action.QUARANTINE, None, ReportKind.VIRUS_FOUND),
+    (HAM, EICAR_AND_DEEP, UNSCANNABLE["accept"], Verdict.VIRUS, Action.QUARANTINE, None, ReportKind.VIRUS_FOUND),
+    (SPAMD_DOWN, DEEP, DEFAULT, Verdict.UNSCANNABLE, Action.QUARANTINE, None, None),
+    (BIG_SPAM, DEEP, REJECT_SPAM_20, Verdict.UNSCANNABLE, Action.QUARANTINE, None, None),
+    (SKIPPED, DEEP, UNSCANNABLE["accept"], Verdict.UNSCANNABLE, Action.DELIVER, None, None),
 ]
 
 
@@ -111,3 +126,30 @@ def test_defaults_never_quarantine_or_reject_spam():
     assert math.isinf(DEFAULT.quarantine.spam_score) and math.isinf(DEFAULT.policy.spam_reject_score)
     d = decide(ScanResults(replace(BIG_SPAM, score=1e9), CLEAN), DEFAULT)
     assert d.action is Action.DELIVER
+
+
+@pytest.mark.parametrize("value", ["quarantine", "reject", "tempfail", "accept"])
+def test_an_incomplete_scan_is_never_marked_clean(value):
+    d = decide(ScanResults(HAM, DEEP), UNSCANNABLE[value])
+    status = dict(d.headers)["X-Virus-Status"]
+    assert status == "Unscanned (clamd: Heuristics.Limits.Exceeded.MaxRecursion in part 2 (application/zip))"
+
+
+def test_unscannable_texts():
+    rejected = decide(ScanResults(HAM, DEEP), UNSCANNABLE["reject"]).dsn
+    assert rejected.line() == "5.7.1 message rejected: could not be scanned completely: " + DEEP.unscannable[0]
+    deferred = decide(ScanResults(HAM, DEEP), UNSCANNABLE["tempfail"]).dsn
+    assert deferred.line().startswith("4.7.1 mailfilter: message could not be scanned completely, deferred: clamd: ")
+    accepted = decide(ScanResults(HAM, DEEP), UNSCANNABLE["accept"])
+    assert len(accepted.warnings) == 1 and "[policy] unscannable = accept" in accepted.warnings[0]
+    many = VirusReport(unscannable=("reason 0", "reason 1", "reason 2"))
+    assert dict(decide(ScanResults(HAM, many), DEFAULT).headers)["X-Virus-Status"] == "Unscanned (reason 0; and 2 more)"
+    long = VirusReport(unscannable=("x" * 1000,))
+    status = dict(decide(ScanResults(HAM, long), DEFAULT).headers)["X-Virus-Status"]
+    assert status.endswith("...)") and len(status) == len("Unscanned ()") + 200
+
+
+def test_a_truncated_spam_scan_says_so():
+    truncated = replace(BIG_SPAM, truncated=(511_990, 740_123))
+    headers = dict(decide(ScanResults(truncated, CLEAN), DEFAULT).headers)
+    assert headers["X-Spam-Status"] == "Yes, score=1000.0 required=5.0 tests=GTUBE, truncated to 511990 of 740123 bytes"

@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from mailfilter.model import Action, Cause, ScanFailure, SpamReport, SpamSkipped, Verdict
+from mailfilter.model import Action, Cause, ScanFailure, SpamReport, Verdict
 
 import corpus
 from conftest import ROOT, run_bytes
@@ -49,10 +49,12 @@ def test_clamav_testfiles_samples_are_viruses(live, sample):
     assert outcome.results.virus.names[0].startswith("ClamAV-Test-File")
 
 
-def test_large_message_skips_spamd_but_not_clamav(live):
+def test_large_message_is_scored_on_its_first_bytes_and_all_of_it_goes_to_clamav(live):
     raw = corpus.eicar_attached() + b"x" * 2000
     outcome = run_bytes(raw, live(spamd={"max_size": 1000}))
-    assert isinstance(outcome.results.spam, SpamSkipped)
+    spam = outcome.results.spam
+    cut = raw[:1000].rfind(b"\n--") + 1  # before the attachment's closing delimiter: spamd reads whole parts
+    assert isinstance(spam, SpamReport) and spam.truncated == (cut, len(raw))
     assert outcome.decision.verdict is Verdict.VIRUS
 
 
@@ -120,7 +122,7 @@ def test_a_message_spooled_to_disk_is_streamed_to_clamd(live, tmp_path):
         spool.write(raw)
         assert spool.on_disk
         outcome = pipeline.run(spool, live())
-    assert isinstance(outcome.results.spam, SpamSkipped)
+    assert isinstance(outcome.results.spam, SpamReport) and outcome.results.spam.truncated[1] == len(raw)
     assert outcome.decision.verdict is Verdict.VIRUS
 
 

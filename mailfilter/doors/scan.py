@@ -42,15 +42,18 @@ def to_record(path: str, outcome: pipeline.Outcome) -> dict:
     record: dict = {"file": path, "verdict": decision.verdict.value, "action": decision.action.value}
     if isinstance(spam, SpamReport):
         record["spam"] = {"score": spam.score, "threshold": spam.threshold, "tests": list(spam.tests)}
+        if spam.truncated:
+            record["spam"]["truncated"] = {"scored": spam.truncated[0], "size": spam.truncated[1]}
     elif isinstance(spam, SpamSkipped):
         record["spam"] = {"score": None, "threshold": None, "tests": [], "skipped": spam.reason}
     else:
         record["spam"] = {"score": None, "threshold": None, "tests": [], "error": spam.describe()}
     if isinstance(virus, VirusReport):
         record["virus"] = {"names": list(virus.names), "code": virus.code, "text": clamscan_code_text(virus.code)}
+        record["virus"]["unscannable"] = list(virus.unscannable)
     else:
         code = virus.code if virus.code is not None else ERROR_CODE
-        record["virus"] = {"names": [], "code": code, "text": clamscan_code_text(code), "error": virus.describe()}
+        record["virus"] = {"names": [], "code": code, "text": clamscan_code_text(code), "error": virus.describe(), "unscannable": []}
     record["errors"] = [f.describe() for f in outcome.results.failures]
     record["headers"] = [[name, value] for name, value in decision.headers]
     return record
@@ -68,6 +71,7 @@ def human(result: FileResult) -> str:
     else:
         lines.append(f"  spam:    {spam.get('skipped') or spam.get('error')}")
     lines.append(f"  virus:   {', '.join(virus['names']) or virus['text']}" + (f" ({virus['error']})" if "error" in virus else ""))
+    lines.extend(f"  unscannable: {printable(reason, 300)}" for reason in virus.get("unscannable", ()))
     lines.append(f"  action:  {r['action']}")
     lines.extend(f"  {name}: {value}" for name, value in r["headers"])
     return "\n".join(lines)
@@ -80,6 +84,6 @@ def run(paths: list[str], config: Config, as_json: bool, echo) -> int:
         echo(json.dumps(result.record, sort_keys=True) if as_json else human(result))
         if result.verdict is Verdict.ERROR:
             status = EXIT_ERROR
-        elif result.verdict in (Verdict.SPAM, Verdict.VIRUS) and status == EXIT_CLEAN:
+        elif result.verdict in (Verdict.SPAM, Verdict.VIRUS, Verdict.UNSCANNABLE) and status == EXIT_CLEAN:
             status = EXIT_FOUND
     return status

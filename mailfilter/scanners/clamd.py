@@ -9,6 +9,20 @@ from ..config import ClamdConfig
 from ..model import SCANNER_CLAMAV, Cause, ScanFailure, VirusOutcome, VirusReport
 from ..spool import CHUNK, Spool
 
+# What clamd (AlertExceedsMax yes) answers as FOUND when a scan hit one of its limits (MaxRecursion,
+# MaxScanSize, MaxFileSize, MaxFiles, MaxScanTime...): not a virus, a scan that did not see everything.
+LIMIT_ALERT = "Heuristics.Limits.Exceeded"
+
+
+def classify(report: VirusReport) -> VirusReport:
+    """REPORT with clamd's limit alerts moved from the virus names to what could not be scanned."""
+    limits = tuple(name for name in report.names if name.startswith(LIMIT_ALERT))
+    if not limits:
+        return report
+    names = tuple(name for name in report.names if not name.startswith(LIMIT_ALERT))
+    reasons = tuple(f"clamd: {name}" for name in limits)
+    return VirusReport(names, code=1 if names else 0, unscannable=tuple(dict.fromkeys(report.unscannable + reasons)))
+
 
 def _client_classes(pyclamd, deadline: float):
     """pyclamd's clients, with a socket that keeps one deadline for the whole exchange.
@@ -109,7 +123,7 @@ def interpret(answer: dict | None, said: str) -> VirusOutcome:
     for status, reason in answer.values():
         (names if status == "FOUND" else errors).append(reason)
     if names:
-        return VirusReport(tuple(names), code=1)
+        return classify(VirusReport(tuple(names), code=1))
     text = "; ".join(errors) or "unreadable answer"
     if "size limit" in text.lower():
         return ScanFailure(SCANNER_CLAMAV, Cause.TOO_LARGE, f"{text}; raise clamd's StreamMaxLength")

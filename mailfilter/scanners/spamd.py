@@ -25,6 +25,19 @@ def _quiet_aiospamc() -> None:
     logger.disable("aiospamc")
 
 
+def truncate(head: bytes) -> bytes:
+    """The first bytes of a message too large for spamd (HEAD: its first [spamd] max_size bytes), cut where
+    spamd reads the least nonsense: before the last line that starts a MIME delimiter (`--`) in the second
+    half, else after the last line end; HEAD itself when it holds no line end at all."""
+    line_end = head.rfind(b"\n")
+    if line_end < 0:
+        return head
+    delimiter = head.rfind(b"\n--", len(head) // 2, line_end + 1)
+    if delimiter > 0:
+        return head[: delimiter + 1]
+    return head[: line_end + 1]
+
+
 def scan_blocking(message: bytes, config: SpamdConfig) -> SpamOutcome:
     """Blocking, for a thread: one deadline ([spamd] timeout) for connecting, sending and reading the answer."""
     _quiet_aiospamc()
