@@ -159,6 +159,10 @@ class Door:
         """The metadata of what the quarantine holds for a virus."""
         return [meta for meta in store.entries(str(self.quarantine)) if meta["reason"] == "virus"]
 
+    def unscannable_entries(self) -> list[dict]:
+        """The metadata of what the quarantine holds because the virus scan could not see all of it."""
+        return [meta for meta in store.entries(str(self.quarantine)) if meta["reason"] == "unscannable"]
+
 
 def make_door(root: Path, daemons: dict, **sections: dict) -> Door:
     """A config under ROOT pointed at the session's daemons, with SECTIONS on top."""
@@ -210,11 +214,32 @@ def test_pipe_door(case, pipe_door, capfd):
         assert argv[-1] == "admin@example.net"
         check_report(report)
         check_listing(pipe_door.config_path, meta)
+    elif case.unscannable:
+        check_unscannable(pipe_door, case)
+        assert calls == [], "an unscannable message is held, not delivered (and no admin report)"
     else:
         assert viruses == [], case.unseen or "a virus found where there is none"
+        assert pipe_door.unscannable_entries() == [], "held as unscannable where clamd sees all"
         [(argv, delivered)] = calls
         assert argv[-len(case.recipients) :] == list(case.recipients)
         check_delivered(raw, delivered)
+        check_spam(case, dict(fields_and_body(sendmail_lines(delivered))[0]))
+
+
+def check_unscannable(door: Door, case: hostile.Case) -> None:
+    """CASE is held in the quarantine as unscannable, not as a virus, with the reasons in its metadata."""
+    assert door.virus_entries() == [], f"held as a virus, but {case.unscannable}"
+    [meta] = door.unscannable_entries()
+    assert meta["verdict"] == "unscannable" and meta["unscannable"], meta
+    check_listing(door.config_path, meta)
+
+
+def check_spam(case: hostile.Case, fields: dict) -> None:
+    """A spam case is flagged; one over [spamd] max_size was scored on its first bytes, and the field says so."""
+    fields = {str(name): value.decode("latin-1") if isinstance(value, bytes) else str(value) for name, value in fields.items()}
+    if case.spam:
+        assert fields.get("X-Spam-Flag") == "YES", fields
+        assert len(case.raw) <= 512_000 or ", truncated to " in fields["X-Spam-Status"], fields
 
 
 def check_delivered(raw: bytes, delivered: bytes) -> None:
@@ -334,13 +359,18 @@ def test_milter_door(case, milter_door, milter_factory, capfd):
         assert argv[-1] == "admin@example.net"
         check_report(report)
         check_listing(milter_door.config_path, meta)
+    elif case.unscannable and status != Milter.TEMPFAIL:
+        assert status == Milter.DISCARD, ctx._reply
+        check_unscannable(milter_door, case)
     else:
         assert viruses == [], case.unseen or "a virus found where there is none"
+        assert milter_door.unscannable_entries() == [], "held as unscannable where clamd sees all"
         if status == Milter.TEMPFAIL:
             assert ctx._reply[:2] == ("451", "4.7.1") and re.fullmatch(SCANNER_DEFERRAL, ctx._reply[2]), ctx._reply
         else:
             assert status == Milter.CONTINUE, ctx._reply
             check_milter_header(ctx, case.raw)
+            check_spam(case, dict(ctx._msg.items()))
 
 
 def check_milter_header(ctx: Ctx, raw: bytes) -> None:

@@ -89,9 +89,10 @@ def describe(envelope: Envelope, message: Spool, results: ScanResults, decision:
     spam, virus = results.spam, results.virus
     scored = isinstance(spam, SpamReport)
     return {
-        "reason": "virus" if decision.verdict is Verdict.VIRUS else "spam",
+        "reason": {Verdict.VIRUS: "virus", Verdict.UNSCANNABLE: "unscannable"}.get(decision.verdict, "spam"),
         "verdict": decision.verdict.value,
         "virus_names": list(virus.names) if isinstance(virus, VirusReport) else [],
+        "unscannable": list(virus.unscannable) if isinstance(virus, VirusReport) else [],
         "spam_score": spam.score if scored else None,
         "spam_threshold": spam.threshold if scored else None,
         "spam_tests": list(spam.tests) if scored else [],
