@@ -363,6 +363,7 @@ def test_all_well_is_exit_0(tmp_path, good_config, postfix_dir, daemons):
         "milter size": "OK",
         "milter time": "OK",
         "pipe time": "OK",
+        "clamd limits": "OK",
     }
     assert lines[0] == f"OK    config: {tmp_path / 'mailfilter.toml'}"
     assert f"OK    spamd: 127.0.0.1:{daemons['spamd_port']} scored GTUBE " in "\n".join(lines)
@@ -447,3 +448,25 @@ def test_postfix_limits_that_do_not_fit_are_warnings(good_config, postfix_dir):
 def test_the_check_module_does_not_hold_eicar():
     source = Path(chk.__file__).read_bytes()
     assert corpus.eicar()[:20] not in source and corpus.eicar()[-20:] not in source
+
+
+@pytest.mark.parametrize(
+    ("conf", "status"),
+    [
+        ("", Status.WARN),  # clamd's defaults: AlertExceedsMax no
+        ("AlertExceedsMax no\n", Status.WARN),
+        ("AlertExceedsMax yes\nHeuristicAlerts no\n", Status.WARN),
+        ("AlertExceedsMax yes\n", Status.OK),
+        ("# AlertExceedsMax yes\nAlertExceedsMax true\nAlertExceedsMax no\n", Status.OK),  # the first one wins
+    ],
+)
+def test_clamd_config_that_hides_limit_hits_is_a_warning(tmp_path, conf, status):
+    path = tmp_path / "clamd.conf"
+    path.write_text(conf + "MaxRecursion 12\n")
+    [line] = chk.clamd_limit_lines(config_of(clamd={"config_file": str(path)}))
+    assert (line.subject, line.status) == ("clamd limits", status)
+    assert "MaxRecursion 12, MaxFiles 10000, MaxScanSize 400M, MaxFileSize 100M" in line.text
+    if status is Status.WARN:
+        assert line.render().endswith(f"; fix: set AlertExceedsMax yes and HeuristicAlerts yes in {path}, then restart clamd")
+    assert list(chk.clamd_limit_lines(config_of(clamd={"config_file": str(tmp_path / "missing")}))) == []
+    assert list(chk.clamd_limit_lines(config_of(clamd={"config_file": str(path), "backend": "clamscan"}))) == []

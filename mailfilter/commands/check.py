@@ -169,6 +169,44 @@ def stream_max_length(conf: str) -> int:
     return STREAM_MAX_DEFAULT
 
 
+# clamd.conf's limits and their defaults (clamd.conf(5), ClamAV 1.4): past one, clamd stops looking and, unless
+# AlertExceedsMax is yes, answers OK, which nothing can tell from clean.
+CLAMD_LIMITS = {"MaxRecursion": "17", "MaxFiles": "10000", "MaxScanSize": "400M", "MaxFileSize": "100M", "MaxScanTime": "120000"}
+
+
+def clamd_setting(conf: str, name: str, default: str) -> str:
+    """A setting from the text of clamd.conf: the first one wins (as clamd reads it), else DEFAULT."""
+    for line in conf.splitlines():
+        words = line.split(None, 1)
+        if len(words) == 2 and words[0] == name:
+            return words[1].strip()
+    return default
+
+
+def clamd_limits(conf: str, path: str) -> Line:
+    """WARN when clamd's config (text CONF of PATH) would hide a scan that hit one of its limits."""
+    limits = ", ".join(f"{name} {clamd_setting(conf, name, default)}" for name, default in CLAMD_LIMITS.items())
+    alert, heuristic = clamd_setting(conf, "AlertExceedsMax", "no"), clamd_setting(conf, "HeuristicAlerts", "yes")
+    if alert.lower() not in ("yes", "true", "1") or heuristic.lower() not in ("yes", "true", "1"):
+        text = f"AlertExceedsMax {alert}, HeuristicAlerts {heuristic}: a message past clamd's limits ({limits}) is answered OK"
+        text += "; mailfilter scans the parts of deep MIME itself, but not what lies past a limit inside a part"
+        return Line(Status.WARN, "clamd limits", text, f"set AlertExceedsMax yes and HeuristicAlerts yes in {path}, then restart clamd")
+    return Line(Status.OK, "clamd limits", f"AlertExceedsMax yes: a scan past a limit ({limits}) is held as unscannable")
+
+
+def clamd_limit_lines(config: Config) -> Iterator[Line]:
+    """The clamd limits line, when clamd's config file is readable (the clamd size line says when it is not)."""
+    path = config.clamd.config_file
+    if config.clamd.backend != "clamd" or not path:
+        return
+    try:
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            conf = fh.read()
+    except OSError:
+        return
+    yield clamd_limits(conf, path)
+
+
 def parse_postfix_time(text: str) -> int:
     """A Postfix time value in seconds: `300s`, `5m`, `1h`, `1d`, `1w`, or a bare number of seconds."""
     m = re.fullmatch(r"(\d+)([smhdw]?)", text.strip())
@@ -395,6 +433,7 @@ def checks(config: Config, environ: Mapping[str, str], now: datetime) -> Iterato
     yield sendmail_line(config.delivery.sendmail)
     yield worker_line(config, environ)
     yield from limit_lines(config, environ)
+    yield from clamd_limit_lines(config)
 
 
 @click.command()
