@@ -10,11 +10,15 @@ to a Tally kept in a JSON state file under an exclusive lock and rewrites a
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
+import math
 import os
+import secrets
 import threading
-from collections.abc import Callable, Iterable
+import time
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 PREFIX = "mailfilter"
@@ -30,13 +34,17 @@ HISTOGRAM = ("scan_duration_seconds", "Time one scanner took for one message.", 
 class Tally:
     """Cumulative counters {family: {label values: n}} and histograms {scanner: [bucket counts..., sum, count]}."""
 
-    def __init__(self, data: dict[str, Any] | None = None) -> None:
-        data = data or {}
-        self.counters: dict[str, dict[tuple[str, ...], float]] = {
-            name: {tuple(k.split("\x1f")): v for k, v in data.get("counters", {}).get(name, {}).items()} for name in COUNTERS
-        }
-        self.histograms: dict[str, list[float]] = {k: list(v) for k, v in data.get("histograms", {}).items()}
+    def __init__(self, data: Any = None) -> None:
+        """DATA as to_json() gave it. Anything else (a damaged state file) gives an empty tally, with `damaged` set."""
+        self.counters: dict[str, dict[tuple[str, ...], float]] = {name: {} for name in COUNTERS}
+        self.histograms: dict[str, list[float]] = {}
+        self.damaged = False
         self._lock = threading.Lock()
+        if data is not None:
+            try:
+                self.counters, self.histograms = _load(data)
+            except (ValueError, TypeError, AttributeError):
+                self.damaged = True
 
     def to_json(self) -> dict[str, Any]:
         with self._lock:
@@ -50,7 +58,7 @@ class Tally:
         with self._lock:
             self._inc("messages", (event["door"], event["verdict"], event["action"]))
             for failure in event["failures"]:
-                self._inc("scanner_errors", tuple(failure.split(":", 1)))
+                self._inc("scanner_errors", (*failure.split(":", 1), "")[:2])
             for scanner in event["unscanned"]:
                 self._inc("unscanned", (scanner,))
             for scanner, key in (("spamd", "spam_seconds"), ("clamav", "virus_seconds")):
@@ -90,6 +98,34 @@ class Tally:
         return out
 
 
+def _load(data: Any) -> tuple[dict[str, dict[tuple[str, ...], float]], dict[str, list[float]]]:
+    """Counters and histograms from DATA, checked: ValueError unless every part has the expected shape."""
+    counters_in = data.get("counters", {}) if isinstance(data, dict) else None
+    histograms_in = data.get("histograms", {}) if isinstance(data, dict) else None
+    if not isinstance(counters_in, dict) or not isinstance(histograms_in, dict):
+        raise ValueError("not a tally")
+    counters = {}
+    for name, (_text, labels) in COUNTERS.items():
+        family = counters_in.get(name, {})
+        if not isinstance(family, dict):
+            raise ValueError(f"{name} is not a table")
+        if not all(isinstance(key, str) and _count(value) for key, value in family.items()):
+            raise ValueError(f"{name} holds a bad label set or count")
+        counters[name] = {tuple(key.split("\x1f")): value for key, value in family.items()}
+        if not all(len(key) == len(labels) for key in counters[name]):
+            raise ValueError(f"{name} holds a label set of the wrong length")
+    histograms = {}
+    for scanner, row in histograms_in.items():
+        if not isinstance(scanner, str) or not isinstance(row, list) or len(row) != len(BUCKETS) + 2 or not all(map(_count, row)):
+            raise ValueError(f"histogram {scanner!r} is not {len(BUCKETS) + 2} counts")
+        histograms[scanner] = list(row)
+    return counters, histograms
+
+
+def _count(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
+
+
 def quarantine_usage(folder: str) -> tuple[int, int]:
     """(messages, bytes) held in the quarantine; hidden temporary files are not counted."""
     count = size = 0
@@ -119,7 +155,10 @@ def render(tally: Tally, gauges: dict[str, tuple[str, float]]) -> str:
 
 
 def quarantine_gauges(folder: str) -> dict[str, tuple[str, float]]:
-    count, size = quarantine_usage(folder)
+    return _gauges(*quarantine_usage(folder))
+
+
+def _gauges(count: int, size: int) -> dict[str, tuple[str, float]]:
     return {
         "quarantine_messages": ("Messages held in the quarantine.", count),
         "quarantine_bytes": ("Bytes held in the quarantine.", size),
@@ -138,26 +177,99 @@ def _number(value: float) -> str:
     return repr(float(value)) if value != int(value) else f"{int(value)}.0"
 
 
-def add_to_textfile(path: str, state_dir: str, event: dict[str, Any], quarantine_dir: str) -> None:
-    """For `pipe`: add EVENT to the shared state and rewrite PATH, both under one exclusive lock."""
-    from .actions.quarantine import write_atomic
+STATE = "metrics-state.json"
+GAUGE_REFRESH = 60.0  # seconds: the quarantine is counted at most this often; each message adds its own entry
 
+
+def add_to_textfile(path: str, state_dir: str, event: dict[str, Any], quarantine_dir: str, now: float | None = None) -> str | None:
+    """For `pipe`: add EVENT to the shared state in STATE_DIR and rewrite PATH. Returns a warning to log when
+    the state was damaged: it is then started afresh.
+
+    The lock covers only the read-modify-write of two small files (temporary name, rename; no fsync: a lost
+    increment after a power cut is acceptable, a torn file is not). PATH is renamed under the lock too, so
+    that no counter ever goes back (Prometheus would read a reset). The quarantine gauges come from the
+    state: the quarantine is counted again by one process, outside the lock, when the count is older than
+    GAUGE_REFRESH seconds; in between, each quarantined message adds itself.
+    """
+    now = time.time() if now is None else now
     os.makedirs(state_dir, mode=0o700, exist_ok=True)
-    lock = os.open(os.path.join(state_dir, ".metrics.lock"), os.O_RDWR | os.O_CREAT, 0o600)
+    with _locked(state_dir):
+        state, damage = _read_state(state_dir)
+        tally = Tally(state)
+        warning = f"{os.path.join(state_dir, STATE)} was damaged ({damage}): counting starts afresh" if damage else None
+        if tally.damaged:
+            warning = f"{os.path.join(state_dir, STATE)} was not a tally: counting starts afresh"
+        tally.observe(event)
+        messages, size, counted = _quarantine(state) or (0, 0, -math.inf)
+        if event.get("quarantine_id"):
+            messages, size = messages + 1, size + max(int(event.get("size") or 0), 0)
+        refresh = not 0 <= now - counted < GAUGE_REFRESH
+        _write(path, state_dir, tally, (messages, size, now if refresh else counted))
+    if refresh:  # this process counts again; the others go on with the time stamp it has claimed
+        messages, size = quarantine_usage(quarantine_dir)
+        with _locked(state_dir):
+            _write(path, state_dir, Tally(_read_state(state_dir)[0]), (messages, size, now))
+    return warning
+
+
+@contextlib.contextmanager
+def _locked(state_dir: str) -> Iterator[None]:
+    lock = os.open(os.path.join(state_dir, ".metrics.lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        state_path = os.path.join(state_dir, "metrics-state.json")
-        try:
-            with open(state_path, encoding="utf-8") as fh:
-                tally = Tally(json.load(fh))
-        except (FileNotFoundError, ValueError):
-            tally = Tally()
-        tally.observe(event)
-        write_atomic(state_dir, "metrics-state.json", [json.dumps(tally.to_json()).encode("utf-8")])
-        folder, name = os.path.split(os.path.abspath(path))
-        write_atomic(folder, name, [render(tally, quarantine_gauges(quarantine_dir)).encode("utf-8")], mode=0o644)
+        yield
     finally:
         os.close(lock)
+
+
+def _read_state(state_dir: str) -> tuple[Any, str | None]:
+    """(the state as JSON, or None; what is wrong with the file, if it is not JSON)"""
+    try:
+        with open(os.path.join(state_dir, STATE), "rb") as fh:
+            state = json.load(fh)
+        return state, None if state is not None else "null"
+    except FileNotFoundError:
+        return None, None
+    except ValueError as exc:  # not JSON (UnicodeDecodeError is one too)
+        return None, str(exc)
+
+
+def _quarantine(state: Any) -> tuple[int, int, float] | None:
+    """The quarantine gauges kept in STATE: (messages, bytes, when counted), if they are sane."""
+    held = state.get("quarantine") if isinstance(state, dict) else None
+    if not isinstance(held, dict):
+        return None
+    values = held.get("messages"), held.get("bytes"), held.get("counted")
+    if not all(map(_count, values)) or not isinstance(values[0], int) or not isinstance(values[1], int):
+        return None
+    return values  # type: ignore[return-value]
+
+
+def _write(path: str, state_dir: str, tally: Tally, held: tuple[int, int, float]) -> None:
+    messages, size, counted = held
+    state = tally.to_json() | {"quarantine": {"messages": messages, "bytes": size, "counted": counted}}
+    _replace(state_dir, STATE, json.dumps(state).encode("utf-8"), 0o600)
+    gauges = _gauges(messages, size)
+    folder, name = os.path.split(os.path.abspath(path))
+    _replace(folder, name, render(tally, gauges).encode("utf-8"), 0o644)
+
+
+def _replace(folder: str, name: str, data: bytes, mode: int) -> None:
+    """FOLDER/NAME holds DATA, all of it or none: a hidden temporary file, renamed. Not synced."""
+    tmp = os.path.join(folder, f".{name}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+    try:
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+        finally:
+            os.close(fd)
+        os.rename(tmp, os.path.join(folder, name))
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 def serve(listen: str, tally: Tally, in_flight: Callable[[], int], quarantine_dir: str) -> Any:
@@ -191,20 +303,29 @@ def serve(listen: str, tally: Tally, in_flight: Callable[[], int], quarantine_di
 def account(entry: dict[str, Any], config: Any, logger: Any, tally: Tally | None = None) -> None:
     """Write ENTRY to the journal and count it (in TALLY, or the pipe's textfile).
 
-    Bookkeeping never changes a message's fate: a failure here is logged, not raised.
+    Bookkeeping never changes a message's fate: it never raises, whatever fails (even a deadline that
+    strikes now); the failure is logged.
     """
     from . import journal
 
     try:
         if config.report.journal_dir:
             journal.record(config.report.journal_dir, entry)
-    except OSError as exc:
-        logger.error("journal not written: %s", exc)
-    if tally is not None:
-        tally.observe(entry)
-        return
+    except BaseException as exc:  # noqa: BLE001 - logged; the message's fate is sealed
+        _log(logger, "error", "journal not written: %s", exc)
     try:
-        if config.metrics.textfile:
-            add_to_textfile(config.metrics.textfile, config.report.state_dir, entry, config.quarantine.dir)
-    except OSError as exc:
-        logger.error("metrics textfile not written: %s", exc)
+        if tally is not None:
+            tally.observe(entry)
+        elif config.metrics.textfile:
+            warning = add_to_textfile(config.metrics.textfile, config.report.state_dir, entry, config.quarantine.dir)
+            if warning:
+                _log(logger, "warning", "metrics: %s", warning)
+    except BaseException as exc:  # noqa: BLE001 - logged; the message's fate is sealed
+        _log(logger, "error", "metrics not counted: %s", exc)
+
+
+def _log(logger: Any, level: str, text: str, *args: Any) -> None:
+    try:
+        getattr(logger, level)(text, *args)
+    except BaseException:  # noqa: BLE001, S110 - a broken log must not make bookkeeping raise
+        pass
