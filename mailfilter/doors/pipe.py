@@ -259,12 +259,12 @@ def handle(
             _arm(deadline - (time.monotonic() - started))
         if note:
             logger.warning("%s: %s; filtering in this process", queue_id, note)
-        from ..spool import Spool
+        from ..spool import Spool, TooLarge
 
         with Spool() as spool:
             try:
-                spool.fill(_Limited(stdin, config.pipe.max_size))
-            except MessageTooLarge:
+                spool.fill(stdin, config.pipe.max_size)
+            except TooLarge:
                 return _too_large(args.envelope, stdin, config, logger, started)
             return filter_message(args.envelope, spool, config, logger, started, gate or _in_process_gate, runner)
     except HelpRequested:
@@ -281,24 +281,6 @@ def handle(
         except BaseException:  # noqa: BLE001, S110 - a broken log must not change the exit status
             pass
         return Answer(EX_TEMPFAIL, dsn.line())
-
-
-class MessageTooLarge(Exception):
-    pass
-
-
-class _Limited:
-    """STDIN for Spool.fill, refusing more than LIMIT bytes (MessageTooLarge)."""
-
-    def __init__(self, stream: BinaryIO, limit: int) -> None:
-        self._stream, self._left = stream, limit
-
-    def read(self, size: int = -1) -> bytes:
-        data = self._stream.read(size)
-        self._left -= len(data)
-        if self._left < 0:
-            raise MessageTooLarge
-        return data
 
 
 def _too_large(envelope: Envelope, stdin: BinaryIO, config: Config, logger: logging.Logger, started: float) -> Answer:
@@ -372,11 +354,11 @@ def filter_message(
     return Answer(status, decision.dsn.line() if decision.dsn else None, after)
 
 
-def _rewritten(spool: Spool, headers: tuple[tuple[str, str], ...]) -> bytes:
-    """The message with our headers."""
+def _rewritten(spool: Spool, headers: tuple[tuple[str, str], ...]):
+    """The message with our headers, streamed from the spool: the body is never held in memory."""
     from .. import message
 
-    return message.rewrite(spool.read(), headers)
+    return message.rewritten(spool, headers)
 
 
 def _head(spool: Spool) -> Spool:

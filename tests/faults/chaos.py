@@ -210,6 +210,14 @@ class FlakySendmail:
     def failures(self) -> int:
         return len(self.logfile.read_text().splitlines())
 
+    def slow(self, seconds: float) -> None:
+        """Every call sleeps SECONDS before it hands the message on (0: none)."""
+        pause = self.control.with_name(self.control.name + ".sleep")
+        tmp = pause.with_suffix(".tmp")
+        tmp.write_text(f"{seconds:g}\n" if seconds else "")
+        tmp.chmod(0o644)
+        tmp.replace(pause)
+
 
 class ChaosLoop:
     """A thread that injects FAULTS (name -> (break, repair)) one at a time, at random moments, until stopped.

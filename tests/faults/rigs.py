@@ -56,6 +56,10 @@ class HoldingSpamd:
         """Let every held and future request through at once."""
         self.released.set()
 
+    def hold(self) -> None:
+        """Hold requests again, from now on, until the next release()."""
+        self.released.clear()
+
     def close(self) -> None:
         self.release()
         self.server.shutdown()

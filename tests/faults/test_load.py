@@ -33,8 +33,9 @@ import pytest
 
 from .chaos import ChaosLoop, Daemons, FlakySendmail, Milter
 from .load import Accounting, ClientLoop, Result, messages
-from .wiring import check_quarantine_folder, config_sections, drain, instance, start_milter, start_pipe
-from conftest import quarantined
+from .rigs import HoldingSpamd
+from .wiring import Worker, check_quarantine_folder, config_sections, drain, instance, start_milter, start_pipe
+from conftest import quarantined, write_config
 from postfix import PostfixInstance, requires_root
 
 pytestmark = [pytest.mark.faults, pytest.mark.postfix, pytest.mark.daemons, requires_root]
@@ -48,10 +49,14 @@ TWO_RECIPIENTS = 0.1  # fraction of messages with a second recipient
 CLIENT_THREADS = 4
 PER_CONNECTION = 3  # messages per SMTP connection
 # Deadlines, so that the whole of tests/faults stays under 8 minutes on 2 cores (each test fails beyond its own):
-LOAD_SECONDS = {"pipe": 170.0, "milter": 150.0}  # the load with the chaos, until every message met it
-DRAIN_SECONDS = {"pipe": 80.0, "milter": 30.0}  # then flushing the queue until it is empty
+LOAD_SECONDS = {"pipe": 170.0, "milter": 150.0, "worker": 200.0}  # the load with the chaos, until every message met it
+DRAIN_SECONDS = {"pipe": 80.0, "milter": 30.0, "worker": 80.0}  # then flushing the queue until it is empty
 CHAOS_PAUSE = (1.0, 6.0)  # seconds between two faults
 CHAOS_OUTAGE = (0.1, 1.5)  # seconds a fault lasts before its repair
+# The worker wiring: [pipe] deadline short enough that spamd held for a while, or a slow sendmail, outlast it.
+WORKER_DEADLINE = 4.0
+WORKER_OUTAGE = (0.5, 6.0)  # so that some held scans outlast the deadline and some do not
+SLOW_SENDMAIL = 5.0  # seconds: longer than the deadline, well within [delivery] timeout
 SENDMAIL_FAIL_PERMILLE = 50  # steady chance that the reinjection sendmail fails (exit 75) during the load
 SEED = int(os.environ.get("MAILFILTER_FAULTS_SEED", "61127"))
 EVIDENCE = os.environ.get("MAILFILTER_FAULTS_EVIDENCE", "/tmp/mailfilter-faults-evidence")  # logs of a failed run are kept here
@@ -252,3 +257,71 @@ def test_milter_wiring_under_faults(fault_run_dir, summary):
             report(summary, "milter", figures, problems, postfix, [folder / "milter.log", sendmail.logfile], clients)
     finally:
         milter.close()
+
+
+def corrupt_state(folder: Path) -> None:
+    """State files as a crash or a hostile hand may leave them: valid JSON of the wrong shape, and half a file."""
+    state = folder / "state"
+    state.mkdir(exist_ok=True)
+    (state / "metrics-state.json").write_text("[1]")
+    (state / "report-state.json").write_text('{"clamav:unavailable": ')
+
+
+def test_pipe_worker_wiring_under_faults(fault_run_dir, summary):
+    """content_filter -> `mailfilter pipe` -> `mailfilter worker`, with the pipe clients giving up at their deadline
+    while spamd is held (before READY, or with READY on its way), sendmail slower than the deadline after ACT,
+    the worker restarted (clients filter themselves meanwhile), clamd killed, sendmail failing, and the
+    state files corrupted under [metrics] textfile (an exception after delivery, before the fix a deferral)."""
+    rng = random.Random(f"{SEED}-worker")
+    daemons = Daemons(fault_run_dir)
+    spamd_host, spamd_port, clamd_socket = daemons.addresses
+    with instance() as postfix, HoldingSpamd(spamd_host, spamd_port) as held:
+        held.release()
+        folder = postfix.filter_dir
+        sendmail = FlakySendmail(folder)
+        sections = config_sections(folder, ("127.0.0.1", held.port, clamd_socket), sendmail.argv)
+        sections["pipe"] = {"deadline": WORKER_DEADLINE, "worker": str(folder / "run" / "worker.sock")}
+        sections["metrics"]["textfile"] = str(folder / "mailfilter.prom")
+        config = start_pipe(postfix, sections)
+        worker = Worker(postfix, config)
+        sendmail.fail(SENDMAIL_FAIL_PERMILLE)
+        chaos = ChaosLoop(
+            rng,
+            {
+                "spamd_held": (held.hold, held.release),
+                "clamd_killed": (lambda: daemons.kill("clamd"), lambda: daemons.start("clamd")),
+                "sendmail_slow": (lambda: sendmail.slow(SLOW_SENDMAIL), lambda: sendmail.slow(0)),
+                "sendmail_outage": (lambda: sendmail.fail(1000), lambda: sendmail.fail(SENDMAIL_FAIL_PERMILLE)),
+                "worker_restarted": (worker.stop, worker.start),
+                "state_corrupted": (lambda: corrupt_state(folder), lambda: None),
+            },
+            CHAOS_PAUSE,
+            WORKER_OUTAGE,
+        )
+        try:
+            try:
+                clients, load_seconds = run_load(postfix, "worker", rng, chaos, filtered_once(postfix))
+            finally:
+                held.release()
+                daemons.start("clamd")  # spamd is only held here, never killed
+                sendmail.fail(0)
+                sendmail.slow(0)
+                if worker.process is None:
+                    worker.start()
+            # Draining: a longer deadline (each pipe process reads it per message), so that the flush does not feed on itself.
+            sections["pipe"]["deadline"] = 60
+            write_config(folder / "mailfilter.toml", sections)
+            worker.stop()
+            worker.start()
+            text = (folder / "mailfilter.log").read_text
+            how = {"wiring": "worker", "virus_rejected": False, "log": text, "action_key": "action", "load_seconds": load_seconds}
+            figures, problems = account(postfix, clients, chaos, sendmail, daemons, folder=folder, **how)
+            log = text()
+            figures["mailfilter"]["by_worker"] = log.count("mailfilter/worker[")
+            figures["mailfilter"]["by_pipe_process"] = len(re.findall(r"mailfilter/pipe\[\d+\]: \w+: from=", log))
+            figures["mailfilter"]["gave_up_before_delivery"] = log.count("the pipe client gave up before delivery")
+            if not figures["mailfilter"]["gave_up_before_delivery"]:
+                problems.append("no client gave up at its deadline: the chaos never tested the hand-over (tune WORKER_OUTAGE)")
+            report(summary, "worker", figures, problems, postfix, [folder / "mailfilter.log", sendmail.logfile], clients)
+        finally:
+            worker.close()

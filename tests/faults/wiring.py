@@ -54,6 +54,42 @@ def start_pipe(postfix: PostfixInstance, sections: dict[str, dict]) -> str:
     return config
 
 
+class Worker:
+    """`mailfilter worker` as pipe(8) runs the filter (USER:postdrop, the instance's MAIL_CONFIG and TMPDIR),
+    on the config the pipe processes read; restartable, as an admin restarts it."""
+
+    def __init__(self, postfix: PostfixInstance, config: str) -> None:
+        self.postfix, self.config = postfix, config
+        self.process = None
+        self.starts = 0
+        self.start()
+
+    def start(self) -> None:
+        from test_worker_real import WorkerProcess
+
+        folder = self.postfix.filter_dir
+        env = {"MAIL_CONFIG": str(self.postfix.config_dir), "TMPDIR": str(folder / "tmp")}
+        self.starts += 1
+        self.process = WorkerProcess(filter_venv(), self.config, folder, f"worker-{self.starts}", group="postdrop", env=env)
+        self.process.expect(b"READY=1")
+
+    def stop(self, timeout: float = 120.0) -> None:
+        """SIGTERM, as `systemctl restart` sends it: new messages are filtered by their own processes meanwhile."""
+        if self.process is not None:
+            self.process.proc.terminate()
+            self.process.proc.wait(timeout)
+            self.process.close()
+            self.process = None
+
+    def log(self) -> str:
+        return self.process.output() if self.process else ""
+
+    def close(self) -> None:
+        if self.process is not None:
+            self.process.close()
+            self.process = None
+
+
 def start_milter(postfix: PostfixInstance, milter: Milter, sections: dict[str, dict], **milter_config: str) -> str:
     """Start MILTER with SECTIONS (files in its folder) on a free port, then POSTFIX in the milter wiring; return the config's path."""
     port = free_port()
