@@ -153,3 +153,14 @@ def test_concurrent_stores_are_all_listed_whole(tmp_path):
     entries = store.entries(folder)
     assert len(entries) == 16 and seen_partial == []
     assert not [p for p in (tmp_path / "q").iterdir() if p.name.startswith(".")]
+
+
+def test_an_unscannable_message_is_refused_without_force(real_config, sendmail, tmp_path):
+    """A message the scan could not see all of may hide a virus: releasing it takes --force, as a virus does."""
+    config = real_config(report={"admin": ""})
+    assert run_pipe(config, corpus.hostile()["deep-mime-nesting"])[0] == 0  # nested beyond what is inspected
+    [(meta, _)] = quarantined(tmp_path / "quarantine")
+    assert meta["reason"] == "unscannable"
+    refused = mf(config, "release", meta["id"])
+    assert refused.exit_code == 1 and "could not be scanned completely" in refused.output and sendmail.calls == []
+    assert mf(config, "release", meta["id"], "--force").exit_code == 0 and len(sendmail.calls) == 1

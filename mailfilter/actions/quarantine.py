@@ -237,11 +237,14 @@ class FolderStore:
         now: datetime | None = None,
     ) -> Entry:
         """Reinject the original bytes, with one header saying who released it, to the original recipients
-        (or RECIPIENTS). A virus needs FORCE. The entry stays, marked released, until purged."""
+        (or RECIPIENTS). A virus, or a message the scan could not see all of, needs FORCE. The entry
+        stays, marked released, until purged."""
         now = now or datetime.now(UTC)
         with self._locked(qid) as (folder, fd, entry):
             if entry.reason == "virus" and not force:
                 raise Refused(f"{qid} holds {', '.join(entry.virus_names) or 'a virus'}: releasing it needs --force")
+            if entry.reason == "unscannable" and not force:
+                raise Refused(f"{qid} could not be scanned completely (it may hide a virus): releasing it needs --force")
             to = list(recipients or entry.recipients)
             at = now.isoformat(timespec="seconds")
             stamp = f"X-Mailfilter-Released: {msgmod.header_value(by, 100)} on {at} (quarantine id {qid})"

@@ -210,13 +210,14 @@ def show(obj: Any, qid: str, raw: bool) -> None:
 @quarantine.command()
 @click.argument("qid", metavar="ID")
 @click.option("--to", "recipients", multiple=True, metavar="RCPT", help="Deliver to these instead of the original recipients.")
-@click.option("--force", is_flag=True, help="Release even a virus.")
+@click.option("--force", is_flag=True, help="Release even a virus, or a message that could not be scanned completely.")
 @click.pass_obj
 @_errors
 def release(obj: Any, qid: str, recipients: tuple[str, ...], force: bool) -> None:
     """Reinject a held message through sendmail, as received plus an X-Mailfilter-Released header.
 
-    The entry stays (marked released) until deleted or purged. A virus is refused without --force.
+    The entry stays (marked released) until deleted or purged. A virus, or a message that could not be
+    scanned completely, is refused without --force.
     """
     from ..actions import reinject
 
