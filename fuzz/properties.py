@@ -11,6 +11,7 @@ Targets:
   text     message.printable, header_value, decoded, subject, message_id, received_chain
   args     doors.pipe.parse_args on an argv
   report   actions.report.render of a Context built from a fuzzed envelope and message
+  mime     mimewalk.walk and decode (the MIME walk behind the deep virus scan) on a raw message
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from mailfilter import message
+from mailfilter import message, mimewalk
 from mailfilter.actions import report
 from mailfilter.config import ReportConfig
 from mailfilter.doors import pipe
@@ -330,6 +331,29 @@ def report_mail(data: bytes) -> None:
         check_printable(line, len(line), "a report line")
 
 
+def mime(data: bytes) -> None:
+    """mimewalk.walk and decode on a raw message: no exception, within its limits, every leaf inside the message."""
+    reader = Reader(data)
+    choice = reader.byte()
+    limits = mimewalk.Limits(depth=1 + choice % 16, parts=1 + reader.byte() % 64, bytes=1 + reader.byte() * 64, seconds=5)
+    raw = reader.rest()
+    if choice & 0x80:
+        raw = raw.replace(b"\n", b"\r\n")
+    tree = mimewalk.walk(raw, limits)
+    assert tree.depth <= limits.depth and tree.parts <= limits.parts + 1, tree
+    assert len(set(tree.problems)) == len(tree.problems) and all(p.isprintable() for p in tree.problems), tree.problems
+    assert not any(p.startswith("MIME structure not readable") for p in tree.problems), tree.problems  # a bug in the walk
+    for leaf in tree.leaves:
+        assert 0 <= leaf.start <= leaf.end <= len(leaf.source), leaf
+        assert leaf.depth <= limits.depth and leaf.where().isprintable(), leaf.where()
+        decoded = b"".join(mimewalk.decode(leaf))
+        assert len(decoded) <= leaf.size, (leaf.encoding, len(decoded), leaf.size)
+    if leaf_bytes := sum(leaf.size for leaf in tree.leaves if leaf.source is raw and "uuencoded" not in leaf.content_type):
+        assert leaf_bytes <= limits.bytes, (leaf_bytes, limits)
+    again = mimewalk.walk(raw, limits)
+    assert [(leaf.path, leaf.start, leaf.end) for leaf in again.leaves] == [(leaf.path, leaf.start, leaf.end) for leaf in tree.leaves]
+
+
 @dataclass(frozen=True)
 class Target:
     """A fuzz target: its check, the largest input libFuzzer makes for it, and where fuzzing starts."""
@@ -371,6 +395,22 @@ TARGETS = {
             pack(b"alice@example.org", 1, b"bob@example.net", b"carol@example.net", b"4F2A1C", 2, b"Eicar-Test-Signature") + _MAIL,
             # clamd failed (choice 1 + 16: with an exit code + 32: deferred), its error text, code 50, 3 reports held back
             pack(b"alice@example.org", 0, b"bob@example.net", b"", 1 + 16 + 32, b"database initialization error", 50, 3) + _MAIL,
+        ),
+    ),
+    "mime": Target(
+        mime,
+        16384,
+        (
+            # depth limit 16, 64 parts, 16 KB: a multipart with a base64 part, a forwarded message and uuencode in text
+            bytes([15, 63, 255])
+            + b'MIME-Version: 1.0\nContent-Type: multipart/mixed; boundary="b"\n\npreamble\n--b\nContent-Type: text/plain\n\n'
+            b"hi\nbegin 644 x.com\n#86)C\n`\nend\n--b\nContent-Type: application/octet-stream\nContent-Transfer-Encoding: base64\n\n"
+            b"aGVsbG8=\n--b\nContent-Type: message/rfc822\n\nContent-Type: text/plain\nContent-Transfer-Encoding: quoted-printable\n\n"
+            b"caf=C3=A9=\n\n--b--\nepilogue\n",
+            # CRLF line ends (bit 7), depth limit 3: nested multiparts deeper than the limit, one never closed
+            bytes([0x82, 10, 10])
+            + b'Content-Type: multipart/mixed; boundary="1"\n\n--1\nContent-Type: multipart/mixed; boundary="2"\n\n--2\n'
+            b'Content-Type: multipart/digest; boundary="3"\n\n--3\n\nSubject: x\n\nbody\n--3--\n--2\n\n--1--\n',
         ),
     ),
 }

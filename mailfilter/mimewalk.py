@@ -332,6 +332,7 @@ def _uudecode(source: Source, start: int, end: int) -> Iterator[bytes]:
                 decoded = binascii.a2b_uu(line[: 1 + (((line[0] - 32) & 63) * 4 + 2) // 3])
             except binascii.Error:
                 continue
+        decoded = decoded[: (len(line) - 1) * 3 // 4]  # a length character that promises more than the line holds: no zeros
         out.append(decoded)
         size += len(decoded)
         if size >= CHUNK:
