@@ -55,7 +55,9 @@ CHAOS_PAUSE = (1.0, 6.0)  # seconds between two faults
 CHAOS_OUTAGE = (0.1, 1.5)  # seconds a fault lasts before its repair
 # The worker wiring: [pipe] deadline short enough that spamd held for a while, or a slow sendmail, outlast it.
 WORKER_DEADLINE = 4.0
-WORKER_OUTAGE = (0.5, 6.0)  # so that some held scans outlast the deadline and some do not
+WORKER_OUTAGE = (0.5, 6.0)  # with HOLD_EXTRA: some held scans outlast the deadline and some do not
+HOLD_EXTRA = 2.0  # seconds spamd stays held beyond its outage
+WORKER_MESSAGES = max(1, MESSAGES_PER_WIRING // 2)  # the hand-over's faults cost retries: half the load keeps the time
 SLOW_SENDMAIL = 5.0  # seconds: longer than the deadline, well within [delivery] timeout
 SENDMAIL_FAIL_PERMILLE = 50  # steady chance that the reinjection sendmail fails (exit 75) during the load
 SEED = int(os.environ.get("MAILFILTER_FAULTS_SEED", "61127"))
@@ -96,7 +98,7 @@ def run_load(postfix: PostfixInstance, wiring: str, rng: random.Random, chaos: C
     The chaos goes on after the last message until SETTLED(accepted results) is true (polled), so that
     every message meets it on its way: the pipe wiring filters after the queue, long after the 250.
     """
-    batch = messages(MESSAGES_PER_WIRING, wiring, rng, MIX, TWO_RECIPIENTS)
+    batch = messages(WORKER_MESSAGES if wiring == "worker" else MESSAGES_PER_WIRING, wiring, rng, MIX, TWO_RECIPIENTS)
     started = time.monotonic()
     deadline = started + LOAD_SECONDS[wiring]
     clients = ClientLoop(postfix.smtp_port, batch, CLIENT_THREADS, PER_CONNECTION, deadline, ATTEMPTS, RETRY_AFTER, BACKOFF)
@@ -288,7 +290,7 @@ def test_pipe_worker_wiring_under_faults(fault_run_dir, summary):
         chaos = ChaosLoop(
             rng,
             {
-                "spamd_held": (held.hold, held.release),
+                "spamd_held": (held.hold, lambda: (time.sleep(HOLD_EXTRA), held.release())),
                 "clamd_killed": (lambda: daemons.kill("clamd"), lambda: daemons.start("clamd")),
                 "sendmail_slow": (lambda: sendmail.slow(SLOW_SENDMAIL), lambda: sendmail.slow(0)),
                 "sendmail_outage": (lambda: sendmail.fail(1000), lambda: sendmail.fail(SENDMAIL_FAIL_PERMILLE)),
