@@ -8,6 +8,7 @@ characters, no line breaks, bounded length.
 
 from __future__ import annotations
 
+import errno
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -202,6 +203,8 @@ def _head(spool: Spool, window: int) -> Iterator[tuple[int, int, int, int, bytes
     pos, size, window = 0, spool.size, max(window, 8)  # 8: enough to tell "From " and "X-Virus-" lines
     while pos < size:
         data = spool.read_at(pos, window)
+        if not data:
+            raise OSError(errno.EIO, f"the spool ends at {pos} bytes, not {size}")
         last = pos + len(data) >= size
         i = 0
         while i < len(data):

@@ -14,6 +14,7 @@ and keeps them readable after close(): on disk it holds a descriptor of its own.
 
 from __future__ import annotations
 
+import errno
 import io
 import os
 import tempfile
@@ -83,7 +84,9 @@ class Spool:
         memory, file = self._memory, self._file
         if file is not None:
             return _pread_all(file.fileno(), min(size, max(self.size - offset, 0)), offset)
-        return bytes(memory[offset : offset + size]) if memory is not None else b""
+        if memory is None:
+            raise ValueError("read from a closed spool")
+        return bytes(memory[offset : offset + size])
 
     def read(self, limit: int | None = None) -> bytes:
         """The first LIMIT bytes (all of them by default)."""
@@ -94,8 +97,8 @@ class Spool:
         end = self.size if end is None else min(end, self.size)
         while start < end:
             chunk = self.read_at(start, min(CHUNK, end - start))
-            if not chunk:
-                return
+            if not chunk:  # never a short copy that looks whole (a quarantine entry, a reinjected message)
+                raise OSError(errno.EIO, f"the spool ends at {start} bytes, not {end}")
             start += len(chunk)
             yield chunk
 
@@ -139,6 +142,8 @@ class Reader(io.RawIOBase):
             return b""
         if self._fd is not None:
             data = _pread_all(self._fd, want, self._pos)
+            if not data:  # the file lost bytes: never an early end that a scanner would take for the whole
+                raise OSError(errno.EIO, f"the spool ends at {self._pos} bytes, not {self._size}")
         else:
             data = bytes(self._memory[self._pos : self._pos + want])
         self._pos += len(data)

@@ -98,3 +98,16 @@ def test_fill_stops_past_its_limit():
         assert spool.size == 100_000
     with Spool() as spool, pytest.raises(TooLarge, match="larger than 99999 bytes"):
         spool.fill(io.BytesIO(b"a" * 100_000), limit=99_999)
+
+
+def test_a_spool_that_lost_bytes_is_an_error_never_a_short_message(tmp_path):
+    data = _data(300_000)
+    with _on_disk(data, tmp_path) as spool, spool.stream() as reader:
+        os.ftruncate(spool._file.fileno(), 100_000)  # as if the file system lost the end of it
+        with pytest.raises(OSError, match="the spool ends at 100000 bytes, not 300000"):
+            list(spool.chunks())  # the quarantine copy: an error, not a short entry
+        assert len(reader.read(100_000)) == 100_000
+        with pytest.raises(OSError, match="ends at 100000 bytes"):
+            reader.read()  # clamd's stream: an error, not an early end that could be taken for a clean message
+    with pytest.raises(ValueError, match="closed spool"):
+        spool.read()
