@@ -61,6 +61,7 @@ def _unfolded(value: bytes) -> bytes:
     line end but the last is followed by a blank, and every CRLF is a line end."""
     return value.replace(b"\r\n", b"\n").replace(b"\n ", b" ").replace(b"\n\t", b" ")
 
+
 # The same test as _FIELD_NAME, for pattern.match(text, pos, endpos) (where ^ would not match).
 _FIELD_AT = re.compile(rb"[!-9;-~]+[ \t]*:")
 # Where a run of continuation lines ends: the first line end not followed by a blank. Found by the C regex
