@@ -50,7 +50,7 @@ def cli(ctx: click.Context, config_path: str | None) -> None:
 def scan(obj: Context, files: tuple[str, ...], as_json: bool) -> None:
     """Scan message files with spamd and ClamAV; deliver or hold nothing.
 
-    Exit status: 0 all clean, 1 spam or a virus found, 2 an error (a scanner down, a file unreadable).
+    Exit status: 0 all clean, 1 spam, a virus or unscannable, 2 an error (a scanner down, a file unreadable).
     """
     from . import log
     from .doors import scan as door
