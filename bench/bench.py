@@ -32,6 +32,7 @@ import concurrency  # noqa: E402
 import maxsize  # noqa: E402
 import messages  # noqa: E402
 import milterpath  # noqa: E402
+import mimewalk  # noqa: E402
 import pipepath  # noqa: E402
 import report  # noqa: E402
 import startup  # noqa: E402
@@ -154,6 +155,10 @@ def run(plan: Plan, seed: int, state: dict, work: Path) -> dict:
         pipepath.stop_worker(worker)
     _say("spamd and ClamAV at once against one after the other")
     results["concurrency"] = concurrency.measure(config, corpus, plan.rounds)
+    _say("the deep virus scan: the MIME walk's cost, and pipeline.run with and without it")
+    from mailfilter import config as configmod
+
+    results["mimewalk"] = mimewalk.measure(corpus, configmod.load(str(config)), plan.rounds)
     _say("[spamd] max_size: counting proxies")
     largest = max(corpus, key=lambda m: m.size)
     results["maxsize"] = maxsize.check(

@@ -122,6 +122,28 @@ def deep_costs(config) -> list[tuple[str, float, float, str]]:
     return out
 
 
+def measure(corpus: list, config, rounds: int) -> dict:
+    """For bench.py: the guess and the walk per message (CPU, seconds), and pipeline.run's filter CPU and wall
+    per message under 300 kB with and without the deep scan."""
+    costs = walk_costs(corpus, rounds)
+    everyday = [m for m in corpus if m.size < 300_000]
+    pipeline_figures = pipeline_costs(everyday, config, max(1, rounds // 2))
+    (cpu_without, wall_without), (cpu_with, wall_with) = pipeline_figures["without"], pipeline_figures["with"]
+    return {
+        "guess_s": {"median": statistics.median(c[2] for c in costs), "max": max(c[2] for c in costs)},
+        "walk_s": {"median": statistics.median(c[3] for c in costs), "max": max(c[3] for c in costs)},
+        "walked": sum(c[4] for c in costs),
+        "messages": len(costs),
+        "pipeline": {
+            "messages": len(everyday),
+            "cpu_without_s": cpu_without,
+            "cpu_with_s": cpu_with,
+            "wall_without_s": wall_without,
+            "wall_with_s": wall_with,
+        },
+    }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seed", type=int, default=7)

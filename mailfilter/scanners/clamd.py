@@ -93,7 +93,8 @@ def scan(message: Spool, config: ClamdConfig) -> VirusOutcome:
             client = network(config.host, config.port, timeout=config.timeout)
         else:
             client = unix(config.socket, timeout=config.timeout)
-        answer = client.scan_stream(message.stream(), chunk_size=CHUNK)
+        with message.stream() as stream:  # a reader of its own, closed here (its descriptor too)
+            answer = client.scan_stream(stream, chunk_size=CHUNK)
         said = client.clamd_socket.received.decode("utf-8", "replace").strip()
     except pyclamd.BufferTooLongError as exc:
         text = f"clamd refused the message ({message.size} bytes): {exc}; raise clamd's StreamMaxLength"
