@@ -209,15 +209,23 @@ def _tail(path: Path, lines: int = 20) -> str:
 
 def _spamd_command(run: Path, st: State) -> list[str]:
     """Build the spamd command line; its children drop to SPAMD_USER when root."""
-    home = _mkdir(run / "spamd-home", SPAMD_USER if os.geteuid() == 0 else None)
+    owner = SPAMD_USER if os.geteuid() == 0 else None
+    home = _mkdir(run / "spamd-home", owner)
+    # No Bayes by default: its database and lock are shared by every spamd running as the same
+    # user, a killed child leaves the lock behind (10 s per scan for everyone), and scores would
+    # depend on what the machine has learnt. A run dir started with bayes=True (scripts/lab)
+    # gets a Bayes database of its own, RUN/bayes, learnt only through TELL.
+    bayes = (
+        ["--cf=use_bayes 1", f"--cf=bayes_path {_mkdir(run / 'bayes', owner) / 'bayes'}", "--cf=lock_method flock"]
+        if st.get("spamd_bayes")
+        else ["--cf=use_bayes 0"]
+    )
     cmd = [
         "/usr/sbin/spamd",
         "--local",  # no network tests: they time out here
         "--nouser-config",
-        # No Bayes: its database and lock are shared by every spamd running as the same user, a
-        # killed child leaves the lock behind (10 s per scan for everyone), and scores would
-        # depend on what the machine has learnt.
-        "--cf=use_bayes 0",
+        "--allow-tell",  # `mailfilter learn` (TELL); learns nothing while use_bayes is 0
+        *bayes,
         "--cf=bayes_auto_learn 0",
         f"--configpath={SPAMD_RULES}",
         f"--listen={st['spamd_host']}:{st['spamd_port']}",
@@ -288,6 +296,18 @@ def _stale_clamd_conf(run: Path, st: State) -> bool:
         return True
 
 
+def _stale_spamd_command(run: Path, st: State, pid: int) -> bool:
+    """True when the running spamd was started with other arguments than this script gives it now
+    (an older version of it, without --allow-tell; or another Bayes setting)."""
+    try:
+        running = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return True
+    args = [a.decode(errors="replace") for a in running if a]  # perl -T -w /usr/sbin/spamd ARGS...
+    wanted = _spamd_command(run, st)
+    return wanted[0] not in args or args[args.index(wanted[0]) + 1 :] != wanted[1:]
+
+
 def _ping(name: str, st: State) -> bool:
     """Ask the named daemon of state st whether it is ready."""
     if name == "spamd":
@@ -313,8 +333,8 @@ def _wait_ready(name: str, run: Path, st: State, pid: int) -> None:
 def _start_one(name: str, run: Path, st: State) -> int:
     """Start the named daemon unless one is already running; wait until it answers."""
     pid = _pid(run, name)
-    if pid and name == "clamd" and _stale_clamd_conf(run, st):
-        print("clamd: its configuration changed, restarting it", file=sys.stderr)
+    if pid and (_stale_clamd_conf(run, st) if name == "clamd" else _stale_spamd_command(run, st, pid)):
+        print(f"{name}: its configuration changed, restarting it", file=sys.stderr)
         _stop_one(name, run)
         pid = None
     if pid:
@@ -401,11 +421,15 @@ def _base_state(run: Path) -> State:
     return st
 
 
-def start(run_dir: RunDir = None, only: str | None = None) -> State:
-    """Start spamd and clamd (or only one), reusing running ones; return the state dict."""
+def start(run_dir: RunDir = None, only: str | None = None, bayes: bool = False) -> State:
+    """Start spamd and clamd (or only one), reusing running ones; return the state dict.
+
+    bayes: spamd keeps a Bayes database of its own in RUN/bayes (for `mailfilter learn`).
+    """
     run = _run_dir(run_dir)
     with _locked(run):
         st = _base_state(run)
+        st["spamd_bayes"] = bayes
         for name in _selected(only):
             st["pids"][name] = _start_one(name, run, st)
             _write_state(run, st)
