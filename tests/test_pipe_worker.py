@@ -11,6 +11,7 @@ gave up.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import socket
 import subprocess
@@ -479,6 +480,16 @@ def _send_raw_message(sock: socket.socket, raw: bytes) -> None:
     sock.sendall(b"%d\n" % len(raw) + raw + b"0\n")
 
 
+@contextlib.contextmanager
+def _sent(running, raw: bytes):
+    """A raw client connection to RUNNING's socket that has been told GO and has sent RAW whole."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.connect(str(running.worker.config.pipe.worker))
+        assert _greet_raw(sock, running.config_path) == b"GO\n"
+        _send_raw_message(sock, raw)
+        yield sock
+
+
 def test_delivery_longer_than_the_client_deadline_is_waited_for_and_done_once(worker, answers, sendmail, tmp_path):
     """The client's deadline covers the scan; once it said ACT it waits for the delivery ([delivery] timeout).
     Before, a client whose deadline struck during a slow sendmail deferred (75) while the worker went on and
@@ -497,10 +508,7 @@ def test_client_that_gives_up_before_act_gets_nothing_delivered(worker, answers,
     answers(HAM, CLEAN)
     w = worker()
     for raw in (corpus.clean(), corpus.eicar_attached()):
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-            sock.connect(str(tmp_path / "run" / "worker.sock"))
-            assert _greet_raw(sock, w.config_path) == b"GO\n"
-            _send_raw_message(sock, raw)
+        with _sent(w, raw) as sock:
             assert sock.recv(100).startswith(b"READY ")
         w.idle()
     assert sendmail.calls == [] and quarantined(tmp_path / "quarantine") == []
@@ -510,10 +518,7 @@ def test_client_that_gives_up_before_act_gets_nothing_delivered(worker, answers,
 def test_client_that_says_something_else_than_act_gets_nothing_delivered(worker, answers, sendmail, tmp_path):
     answers(HAM, CLEAN)
     w = worker()
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        sock.connect(str(tmp_path / "run" / "worker.sock"))
-        assert _greet_raw(sock, w.config_path) == b"GO\n"
-        _send_raw_message(sock, corpus.clean())
+    with _sent(w, corpus.clean()) as sock:
         assert sock.recv(100).startswith(b"READY ")
         sock.sendall(b"NO\n")
         assert sock.recv(200).startswith(b"75 ")  # deferred: nothing was done
@@ -525,10 +530,7 @@ def test_act_then_reply_and_the_bookkeeping_after_the_reply(worker, answers, sen
     """With ACT the worker delivers and answers 0; the summary line follows the reply."""
     answers(HAM, CLEAN)
     w = worker()
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        sock.connect(str(tmp_path / "run" / "worker.sock"))
-        assert _greet_raw(sock, w.config_path) == b"GO\n"
-        _send_raw_message(sock, corpus.clean())
+    with _sent(w, corpus.clean()) as sock:
         ready = sock.recv(100)
         assert ready.startswith(b"READY ") and int(ready.split()[1]) >= 30  # [delivery] timeout 30 s and a margin
         sock.sendall(b"ACT\n")
@@ -541,10 +543,7 @@ def test_deferral_and_reject_come_without_ready(worker, answers, sendmail):
     """Nothing to deliver: the worker answers at once, the client needs no ACT."""
     w = worker(policy={"virus": "reject"}, report={"admin": ""})
     answers(HAM, CLAM_DOWN)
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        sock.connect(str(w.worker.config.pipe.worker))
-        assert _greet_raw(sock, w.config_path) == b"GO\n"
-        _send_raw_message(sock, corpus.clean())
+    with _sent(w, corpus.clean()) as sock:
         assert sock.recv(100).startswith(b"75 ")
     assert sendmail.calls == []
 
