@@ -71,7 +71,8 @@ def test_tmpfiles_make_private_folders():
 def test_master_cf_example_has_both_wirings():
     text = (ROOT / "master.cf.example").read_text()
     assert "-o content_filter=mailfilter:dummy" in text
-    assert "argv=/usr/local/bin/mailfilter pipe -q ${queue_id} -f ${sender} -- ${recipient}" in text
+    wrapped = "argv=/usr/local/libexec/mailfilter/mailfilter-pipe -t 900 /usr/local/bin/mailfilter"
+    assert f"{wrapped} pipe -q ${{queue_id}} -f ${{sender}} -- ${{recipient}}" in text
     assert "flags=Rq user=mailfilter null_sender=" in text
     assert "milter_default_action = tempfail" in text and "smtpd_milters = unix:/run/mailfilter/milter.sock" in text
     assert not [line for line in text.splitlines() if "sendmail -t" in line]
