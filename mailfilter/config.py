@@ -214,34 +214,6 @@ class MetricsConfig:
     textfile: str = _key("", "pipe: rewrite this .prom file for node_exporter's textfile collector ('' turns it off)", _absolute_or_empty)
 
 
-def _count(limit: int) -> Callable[[Any], str | None]:
-    def check(value: Any) -> str | None:
-        return None if 0 < value <= limit else f"must be a whole number from 1 to {limit}"
-
-    return check
-
-
-def _url_or_empty(value: Any) -> str | None:
-    return None if value == "" or value.startswith(("https://", "http://")) else "must be an http(s):// URL (or '')"
-
-
-@dataclass(frozen=True)
-class SmtpConfig:
-    listen: str = _key("127.0.0.1:10027", "`mailfilter smtp`: HOST:PORT of the after-queue door (Postfix's content_filter)", _listen)
-    reinject: str = _key("127.0.0.1:10028", "HOST:PORT of Postfix's second smtpd (no content_filter) that takes filtered mail", _listen)
-    max_clients: int = _key(20, "SMTP sessions served at once; match the smtp-mailfilter transport's process limit", _count(1000))
-    timeout: float = _key(120.0, "seconds the reinjecting smtpd may take to accept one message", _seconds())
-
-
-@dataclass(frozen=True)
-class WebConfig:
-    listen: str = _key("127.0.0.1:8026", "`mailfilter web`: HOST:PORT of the quarantine console", _listen)
-    users_file: str = _key("/etc/mailfilter/web-users", "console users and their argon2id hashes (`mailfilter web adduser`)", _absolute)
-    secret_file: str = _key("/var/lib/mailfilter/web-secret", "the key of release links and sessions (made 0600 when missing)", _absolute)
-    public_url: str = _key("", "the console's URL as recipients reach it, for digest links ('' : no links)", _url_or_empty)
-    link_days: int = _key(14, "days a digest's release link stays valid", _count(366))
-
-
 @dataclass(frozen=True)
 class LogConfig:
     syslog: bool = _key(True, "log to syslog facility mail under `pipe` (the CLI logs to stderr)")
@@ -260,8 +232,6 @@ class Config:
     pipe: PipeConfig = field(default_factory=PipeConfig)
     milter: MilterConfig = field(default_factory=MilterConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
-    smtp: SmtpConfig = field(default_factory=SmtpConfig)
-    web: WebConfig = field(default_factory=WebConfig)
     log: LogConfig = field(default_factory=LogConfig)
     source: str = "(defaults)"
 
