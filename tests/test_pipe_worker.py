@@ -205,9 +205,15 @@ def test_stopping_worker_and_another_user_decline(worker, answers, monkeypatch):
         hand_off(w.config_path, corpus.clean())
     monkeypatch.undo()
     answers(HAM, CLEAN)
+    w.stop()  # a worker told to stop declines the clients it accepted before its accept loop ended
+    listener = workermod.open_socket(w.worker.config.pipe.worker)
     w.worker.stopping = True
+    served = threading.Thread(target=lambda: w.worker._handle_guarded(listener.accept()[0]), daemon=True)
+    served.start()
     with pytest.raises(pipeclient.NoWorker, match="declined: it is stopping"):
         hand_off(w.config_path, corpus.clean())
+    served.join(5)
+    listener.close()
 
 
 class FakeWorker:
