@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import socket
 import time
 
 from ..config import ClamdConfig
 from ..model import SCANNER_CLAMAV, Cause, ScanFailure, VirusOutcome, VirusReport
 from ..spool import CHUNK, Spool
+from . import pool
 
 # What clamd (AlertExceedsMax yes) answers as FOUND when a scan hit one of its limits (MaxRecursion,
 # MaxScanSize, MaxFileSize, MaxFiles, MaxScanTime...): not a virus, a scan that did not see everything.
@@ -82,7 +84,24 @@ def _client_classes(pyclamd, deadline: float):
 
 
 def scan(message: Spool, config: ClamdConfig) -> VirusOutcome:
-    """Blocking: call it from a thread (the pipeline does)."""
+    """Blocking: call it from a thread (the pipeline does). One deadline ([clamd] timeout) for the whole pool
+    ([clamd] servers, else the single socket or host/port), failover included."""
+    servers = pool.members(config.servers, config.host, config.port, "" if config.host else config.socket)
+
+    def attempt(server: pool.Server, budget: float) -> VirusOutcome:
+        one = dataclasses.replace(config, host=server.host, port=server.port or config.port, socket=server.path, timeout=budget)
+        return _scan_one(message, one)
+
+    return pool.POOLS.get(SCANNER_CLAMAV, servers, ping).scan(attempt, config.timeout)
+
+
+def ping(server: pool.Server, timeout: float) -> bool:
+    """clamd's health check: zPING answered by PONG."""
+    return pool.ping(server, timeout, b"zPING\0", b"PONG")
+
+
+def _scan_one(message: Spool, config: ClamdConfig) -> VirusOutcome:
+    """MESSAGE on the one clamd of CONFIG, within its timeout."""
     import pyclamd
 
     unix, network = _client_classes(pyclamd, time.monotonic() + config.timeout)
@@ -102,7 +121,7 @@ def scan(message: Spool, config: ClamdConfig) -> VirusOutcome:
     except (pyclamd.ConnectionError, TimeoutError) as exc:
         # pyclamd wraps socket errors in its own ConnectionError; the original is the context.
         if isinstance(exc, TimeoutError) or isinstance(exc.__context__, TimeoutError):
-            return ScanFailure(SCANNER_CLAMAV, Cause.TIMEOUT, f"no answer within {config.timeout:g} s")
+            return ScanFailure(SCANNER_CLAMAV, Cause.TIMEOUT, f"no answer within {config.timeout:.3g} s")
         return ScanFailure(SCANNER_CLAMAV, Cause.UNAVAILABLE, _describe(exc))
     except OSError as exc:
         return ScanFailure(SCANNER_CLAMAV, Cause.ERROR, f"connection broken: {exc.strerror or exc}")

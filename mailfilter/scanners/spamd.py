@@ -8,11 +8,13 @@ itself, and they leave the socket open when a request times out or is cancelled.
 
 from __future__ import annotations
 
+import dataclasses
 import socket
 import time
 
 from ..config import SpamdConfig
 from ..model import SCANNER_SPAMD, Cause, ScanFailure, SpamOutcome, SpamReport
+from . import pool
 
 CHUNK = 64 * 1024
 
@@ -39,10 +41,28 @@ def truncate(head: bytes) -> bytes:
 
 
 def scan_blocking(message: bytes, config: SpamdConfig) -> SpamOutcome:
-    """Blocking, for a thread: one deadline ([spamd] timeout) for connecting, sending and reading the answer."""
+    """Blocking, for a thread: one deadline ([spamd] timeout) for the whole pool ([spamd] servers, else the
+    single host/port or socket): connecting, sending and reading the answer, failover included."""
     _quiet_aiospamc()
+    request = _request(message)
+    servers = pool.members(config.servers, config.host, config.port, config.socket)
+
+    def attempt(server: pool.Server, budget: float) -> SpamOutcome:
+        one = dataclasses.replace(config, host=server.host, port=server.port or config.port, socket=server.path, timeout=budget)
+        return _scan_one(request, one)
+
+    return pool.POOLS.get(SCANNER_SPAMD, servers, ping).scan(attempt, config.timeout)
+
+
+def ping(server: pool.Server, timeout: float) -> bool:
+    """spamd's health check: PING answered by PONG."""
+    return pool.ping(server, timeout, b"PING SPAMC/1.5\r\n\r\n", b"SPAMD/1.5 0 PONG")
+
+
+def _scan_one(request: bytes, config: SpamdConfig) -> SpamOutcome:
+    """REQUEST on the one server of CONFIG, within its timeout."""
     try:
-        return _report(_exchange_blocking(_request(message), config, time.monotonic() + config.timeout))
+        return _report(_exchange_blocking(request, config, time.monotonic() + config.timeout))
     except _errors() as exc:
         return _failure(exc, config)
 
@@ -159,7 +179,7 @@ def _failure(exc: BaseException, config: SpamdConfig) -> ScanFailure:
     if isinstance(exc, AIOSpamcConnectionFailed):
         return ScanFailure(SCANNER_SPAMD, Cause.UNAVAILABLE, _text(exc) or "cannot connect")
     if isinstance(exc, TimeoutError | TimeoutException):
-        return ScanFailure(SCANNER_SPAMD, Cause.TIMEOUT, f"no answer within {config.timeout:g} s")
+        return ScanFailure(SCANNER_SPAMD, Cause.TIMEOUT, f"no answer within {config.timeout:.3g} s")
     if isinstance(exc, OSError):
         return ScanFailure(SCANNER_SPAMD, Cause.UNAVAILABLE, exc.strerror or str(exc))
     return ScanFailure(SCANNER_SPAMD, Cause.ERROR, _text(exc) or type(exc).__name__)
