@@ -1,0 +1,179 @@
+"""One message of `mailfilter smtp`: scan, decide, act, and the SMTP reply to end-of-data.
+
+The same pipeline and policy as the other doors (pipeline.Runner.run, policy.decide inside it), the same
+quarantine store, admin report, journal and metrics; only the translation is this door's own:
+
+  deliver     reinject over SMTP (smtpreinject.Pool), then 250 with the reinjecting smtpd's reply
+  quarantine  store durably, then 250
+  reject      554 5.7.1 (virus) or 550 5.7.1 (spam, unscannable): Postfix bounces, as pipe's exit 69 does
+  tempfail    451 4.7.1: Postfix keeps the message queued and retries
+
+Where the fate is sealed: the reinjecting smtpd's 2xx to our final dot, or the quarantine entry being
+durable. Before that point every failure is a 451 4.3.0 (filter()'s one catch); after it the answer is 250,
+whatever the bookkeeping meets (it runs after the reply, on the AfterReply thread, and never raises).
+The policy has one action per message today; per-recipient groups (issue 12) will change only act().
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from .. import journal, log, message, metrics, pipeline
+from ..actions import quarantine, report
+from ..config import Config
+from ..model import Action, Envelope, Verdict
+from ..spool import Spool
+from .smtpreinject import Pool, ReinjectError, Transaction
+
+LOG = logging.getLogger(log.LOGGER)
+DOOR = "smtp"
+REPLY_TEXT = 400  # characters of one reply line's text
+
+
+class ClientGone(Exception):
+    """Postfix hung up (or the door stopped waiting for it) before the message's fate was sealed:
+    nothing was reinjected or stored, and Postfix, which got no 250, keeps the message."""
+
+
+@dataclass(frozen=True)
+class Received:
+    """One message as Postfix's smtp client gave it to the door."""
+
+    envelope: Envelope
+    data: bytes
+    xforward: Mapping[str, str] = field(default_factory=dict)
+    eight_bit: bool = False
+    smtputf8: bool = False
+
+
+@dataclass(frozen=True)
+class Answer:
+    """The reply to end-of-data, and the bookkeeping to run once it is given (never raises)."""
+
+    reply: str
+    after: Callable[[], None] | None = None
+
+
+@dataclass(frozen=True)
+class Dependencies:
+    """What every session of the door shares."""
+
+    config: Config
+    runner: pipeline.Runner
+    pool: Pool
+    tally: metrics.Tally | None = None
+
+
+def reply(code: int, status: tuple[int, int, int], text: str) -> str:
+    """`CODE X.Y.Z text`, one printable line (the table of this door's replies is the callers below)."""
+    return "{} {}.{}.{} {}".format(code, *status, message.printable(text, REPLY_TEXT))
+
+
+def too_large(limit: int) -> str:
+    return reply(552, (5, 3, 4), f"mailfilter: message larger than {limit} bytes cannot be scanned")
+
+
+def failure_reply(exc: BaseException) -> tuple[str, bool]:
+    """The 4xx reply for an exception before the seal, and whether it is unexpected (log its traceback)."""
+    if isinstance(exc, ReinjectError):
+        return reply(451, (4, 3, 0), f"mailfilter: reinjection failed: {exc}"), False
+    if isinstance(exc, quarantine.QuarantineError):
+        return reply(451, (4, 3, 0), f"mailfilter: quarantine failed: {exc}"), False
+    if isinstance(exc, ClientGone):
+        return reply(451, (4, 3, 0), f"mailfilter: {exc}"), False
+    return reply(451, (4, 3, 0), f"mailfilter: internal error ({type(exc).__name__}), message deferred"), True
+
+
+def filter_message(received: Received, deps: Dependencies, waiting: Callable[[], None], started: float) -> Answer:
+    """The one catch of the door: scan, decide, act. WAITING raises ClientGone once Postfix no longer waits.
+
+    Blocking (a thread of the door's executor); the spool is closed by the bookkeeping, or here on failure."""
+    queue_id = received.envelope.queue_id or "NOQUEUE"
+    spool = Spool.of(received.data)
+    try:
+        return act(received, spool, deps, waiting, started)
+    except BaseException as exc:  # before the seal every failure is a deferral, never a 250
+        spool.close()
+        text, unexpected = failure_reply(exc)
+        if unexpected:
+            LOG.error("%s: %s", queue_id, text, exc_info=exc)
+        else:
+            LOG.warning("%s: %s", queue_id, text)
+        return Answer(text)
+
+
+def act(received: Received, spool: Spool, deps: Dependencies, waiting: Callable[[], None], started: float) -> Answer:
+    config, envelope = deps.config, received.envelope
+    queue_id = envelope.queue_id or "NOQUEUE"
+    outcome = deps.runner.run(spool, config)
+    decision = outcome.decision
+    for failure in outcome.results.failures:
+        LOG.warning("%s: %s", queue_id, failure.describe())
+    for warning in decision.warnings:
+        LOG.warning("%s: %s", queue_id, warning)
+    quarantine_id = reinjected = None
+    if decision.action is Action.DELIVER:
+        transaction = Transaction(envelope.sender, envelope.recipients, received.xforward, received.eight_bit, received.smtputf8)
+        reinjected = deps.pool.deliver(transaction, message.rewritten(spool, decision.headers), gate=waiting)
+        answer = reply(250, (2, 0, 0), f"mailfilter: {decision.verdict.value}, reinjected: {reinjected}")
+    elif decision.action is Action.QUARANTINE:
+        waiting()
+        meta = quarantine.describe(envelope, spool, outcome.results, decision)
+        quarantine_id = quarantine.open_store(config.quarantine).store(spool, meta)
+        answer = reply(250, (2, 0, 0), f"mailfilter: {decision.verdict.value}, quarantined as {quarantine_id}")
+    elif decision.action is Action.REJECT:
+        text = decision.dsn.text if decision.dsn else f"message rejected ({decision.verdict.value})"
+        answer = reply(554 if decision.verdict is Verdict.VIRUS else 550, (5, 7, 1), f"mailfilter: {text}")
+    else:
+        text = decision.dsn.text if decision.dsn else "message deferred"
+        answer = reply(451, (4, 7, 1), text)
+    # Sealed (delivered, quarantined, or refused or deferred on purpose): from here on the answer stands.
+
+    def after() -> None:
+        try:
+            bookkeeping(received, spool, outcome, quarantine_id, deps, started)
+        finally:
+            spool.close()
+
+    return Answer(answer, after)
+
+
+def bookkeeping(
+    received: Received, spool: Spool, outcome: pipeline.Outcome, quarantine_id: str | None, deps: Dependencies, started: float
+) -> None:
+    """Admin report, journal and metrics, the summary line: each failure is logged, never raised."""
+    envelope, decision, config = received.envelope, outcome.decision, deps.config
+    queue_id = envelope.queue_id or "NOQUEUE"
+    sent = None
+    if decision.report:
+        try:
+            ctx = report.context(envelope, spool, outcome.results, decision, quarantine_id)
+            sent = report.send(ctx, config, os.uname().nodename, datetime.now(UTC))
+        except Exception as exc:  # noqa: BLE001 - a report never changes the message's fate
+            LOG.error("%s: admin report not sent: %s", queue_id, exc)
+            sent = "failed"
+    delay = time.monotonic() - started
+    try:
+        now = datetime.now(UTC)
+        entry = journal.event(DOOR, envelope, outcome.results, decision, decision.action.value, spool.size, delay, now, quarantine_id)
+        metrics.account(entry, config, LOG, deps.tally)
+    except Exception as exc:  # noqa: BLE001 - bookkeeping never changes the message's fate
+        LOG.error("%s: journal/metrics not written: %s", queue_id, exc)
+    LOG.info("%s", log.summary(envelope, outcome.results, decision, delay, quarantine=quarantine_id, report=sent))
+
+
+def refused_too_large(envelope: Envelope, size: int, deps: Dependencies, started: float) -> Callable[[], None]:
+    """The bookkeeping of a message refused for its size (552 5.3.4, not scanned)."""
+
+    def after() -> None:
+        limit, delay = deps.config.smtp.max_size, time.monotonic() - started
+        entry = journal.event(DOOR, envelope, None, None, "reject", size, delay, datetime.now(UTC))
+        metrics.account(entry, deps.config, LOG, deps.tally)
+        LOG.info("%s", log.summary(envelope, None, None, delay, action="reject", size=f">{limit}"))
+
+    return after
