@@ -24,7 +24,7 @@ import os
 import secrets
 from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime, timedelta
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from .. import message as msgmod
 from ..config import QuarantineConfig
@@ -32,6 +32,9 @@ from ..model import Decision, Envelope, ScanResults, SpamReport, Verdict, VirusR
 from ..spool import Spool
 from . import held
 from .held import ID_PATTERN, BadEntry, Entry, Folder, read_all, validate
+
+if TYPE_CHECKING:
+    from .pgstore import PgStore
 
 
 class QuarantineError(Exception):
@@ -284,8 +287,13 @@ class FolderStore:
         return gone, bad
 
 
-def open_store(config: QuarantineConfig) -> FolderStore:
-    """The quarantine store the config names (a folder today)."""
+def open_store(config: QuarantineConfig) -> FolderStore | PgStore:
+    """The quarantine store the config names: PostgreSQL when [quarantine] store is a DSN, else the folder at dir.
+    Both have the same methods (store, entries, get, open_message, release, delete, purge)."""
+    if config.store:
+        from .pgstore import PgStore
+
+        return PgStore(config.store)
     return FolderStore(config.dir)
 
 

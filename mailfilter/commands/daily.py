@@ -16,7 +16,7 @@ import math
 import os
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid
@@ -26,7 +26,7 @@ import click
 
 from .. import journal, metrics
 from ..actions import reinject
-from ..config import ReportConfig
+from ..config import Config, ReportConfig
 from ..message import header_value, printable
 from ..model import Verdict
 
@@ -58,6 +58,7 @@ class Summary:
     quarantined_bytes: int
     quarantine_now: tuple[int, int]  # (messages, bytes) held when the report was made
     hourly: dict[str, list[int]]  # verdict -> 24 counts, hours in UTC
+    hosts: Counter[str] = field(default_factory=Counter)  # messages by MX host: a fleet's journal ([report] journal_store)
 
 
 def summarize(events: list[dict[str, Any]], day: date, hostname: str, quarantine_now: tuple[int, int]) -> Summary:
@@ -69,6 +70,7 @@ def summarize(events: list[dict[str, Any]], day: date, hostname: str, quarantine
     failures: Counter[str] = Counter()
     unscanned: Counter[str] = Counter()
     hourly = {verdict: [0] * 24 for verdict in VERDICTS}
+    hosts: Counter[str] = Counter(str(event["host"]) for event in events if event.get("host"))
     quarantined = quarantined_bytes = 0
     for event in events:
         verdict = str(event.get("verdict"))
@@ -98,6 +100,7 @@ def summarize(events: list[dict[str, Any]], day: date, hostname: str, quarantine
         quarantined_bytes=quarantined_bytes,
         quarantine_now=quarantine_now,
         hourly=hourly,
+        hosts=hosts,
     )
 
 
@@ -114,6 +117,8 @@ def text(summary: Summary, bars: bool = True) -> str:
         lines.append(f"Messages filtered: {s.total} (a deferred message counts once per attempt)")
         lines += _table("By verdict", s.verdicts, VERDICTS)
         lines += _table("By action", s.actions, ACTIONS)
+        if s.hosts:
+            lines += _table("By host", s.hosts, ())
         lines += _top("Top viruses", s.viruses, str)
         lines += _top("Top spam senders", s.spam_senders, lambda sender: f"<{sender}>")
         lines += _top("Scanner failures (scanner:cause)", s.failures, str)
@@ -219,6 +224,37 @@ def mail(summary: Summary, config: ReportConfig, now: datetime) -> bytes:
     return msg.as_bytes()
 
 
+def _events(config: Config, since: datetime, until: datetime) -> tuple[list[dict[str, Any]], str]:
+    """The day's events and whose they are: the fleet's from [report] journal_store, else this host's folder."""
+    if config.report.journal_store:
+        from .. import pg, pgjournal
+
+        try:
+            events = list(pgjournal.read(config.report.journal_store, since, until))
+        except pg.DatabaseError as exc:
+            raise click.ClickException(f"cannot read the journal: {exc}") from None
+        hosts = len({event.get("host") for event in events})
+        return events, f"the fleet ({hosts} host{'' if hosts == 1 else 's'})"
+    if not config.report.journal_dir:
+        raise click.ClickException('[report] journal_dir is "": no journal is kept, so there is nothing to report')
+    try:
+        return list(journal.read(config.report.journal_dir, since, until)), os.uname().nodename
+    except OSError as exc:
+        raise click.ClickException(f"cannot read the journal in {config.report.journal_dir}: {exc.strerror or exc}") from None
+
+
+def _usage(config: Config) -> tuple[int, int]:
+    """(messages, bytes) held in the quarantine the config names."""
+    if not config.quarantine.store:
+        return metrics.quarantine_usage(config.quarantine.dir)
+    from ..actions.quarantine import QuarantineError, open_store
+
+    try:
+        return open_store(config.quarantine).usage()
+    except QuarantineError as exc:
+        raise click.ClickException(f"cannot count the quarantine: {exc}") from None
+
+
 @click.command("report")
 @click.option("--date", "day", type=click.DateTime(["%Y-%m-%d"]), metavar="YYYY-MM-DD", help="The UTC day (default: yesterday).")
 @click.option("--send", is_flag=True, help="Mail it to [report] admin (with a chart) instead of printing it.")
@@ -235,14 +271,9 @@ def report(obj: Context, day: datetime | None, send: bool) -> None:
     config = obj.load()
     now = datetime.now(UTC)
     wanted = day.date() if day else now.date() - timedelta(days=1)
-    if not config.report.journal_dir:
-        raise click.ClickException('[report] journal_dir is "": no journal is kept, so there is nothing to report')
     since = datetime.combine(wanted, time(), UTC)
-    try:
-        events = list(journal.read(config.report.journal_dir, since, since + timedelta(days=1)))
-    except OSError as exc:
-        raise click.ClickException(f"cannot read the journal in {config.report.journal_dir}: {exc.strerror or exc}") from None
-    summary = summarize(events, wanted, os.uname().nodename, metrics.quarantine_usage(config.quarantine.dir))
+    events, hostname = _events(config, since, since + timedelta(days=1))
+    summary = summarize(events, wanted, hostname, _usage(config))
     if not send:
         click.echo(text(summary), nl=False)
         return

@@ -98,7 +98,7 @@ def become_owner(folder: str) -> None:
 @dataclass(frozen=True)
 class Tools:
     config: Config
-    store: store.FolderStore
+    store: store.FolderStore | store.PgStore
     admin: str  # who runs the command (the sudo user), taken before any switch
 
 
@@ -106,7 +106,8 @@ def _tools(obj: Any) -> Tools:
     """What every subcommand starts with: the config, then the owner's rights, then the store."""
     config = obj.load()
     admin = who()
-    become_owner(config.quarantine.dir)
+    if not config.quarantine.store:  # PostgreSQL: no folder to become the owner of
+        become_owner(config.quarantine.dir)
     return Tools(config, store.open_store(config.quarantine), admin)
 
 
