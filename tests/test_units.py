@@ -12,13 +12,13 @@ needs_systemd = pytest.mark.skipif(shutil.which("systemd-analyze") is None, reas
 
 
 @needs_systemd
-@pytest.mark.parametrize("name", sorted(p.name for p in (ROOT / "systemd").iterdir() if p.suffix in (".service", ".timer")))
+@pytest.mark.parametrize("name", sorted(p.name for p in (ROOT / "systemd").iterdir() if p.suffix in (".service", ".timer", ".socket")))
 def test_unit_verifies(tmp_path, name):
     # verify wants ExecStart to exist: point it at this checkout's command.
     for path in (ROOT / "systemd").glob("*.service"):
         text = path.read_text().replace("/usr/local/bin/mailfilter", str(ROOT / ".venv" / "bin" / "mailfilter"))
         (tmp_path / path.name).write_text(text)
-    for path in (ROOT / "systemd").glob("*.timer"):
+    for path in [*(ROOT / "systemd").glob("*.timer"), *(ROOT / "systemd").glob("*.socket")]:
         (tmp_path / path.name).write_text(path.read_text())
     proc = subprocess.run(["systemd-analyze", "verify", str(tmp_path / name)], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0 and proc.stderr == "", proc.stderr

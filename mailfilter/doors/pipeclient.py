@@ -29,8 +29,9 @@ command_time_limit.
 
 Before anything is sent the client checks whom it talks to: the socket and
 every folder above it must be owned by the client's user or root and not be
-replaceable by anyone else, and the process listening (SO_PEERCRED) must run as
-the client's own user. Otherwise it is not our worker, and the message is
+replaceable by anyone else, and the process that listens (SO_PEERCRED) must run as
+the client's own user, or be root (systemd's mailfilter-worker.socket listens for
+the worker it starts). Otherwise it is not our worker, and the message is
 filtered in this process.
 
 NoWorker is raised, and the caller filters the message itself, only while
@@ -136,6 +137,7 @@ def settings(path: str, named: bool) -> tuple[str, float]:
 
 
 _KEYS = (b"worker", b"deadline")
+_OTHER_KEYS = (b"worker_idle",)
 
 
 def simple_pipe_keys(data: bytes) -> dict[str, str | float] | None:
@@ -168,6 +170,8 @@ def simple_pipe_keys(data: bytes) -> dict[str, str | float] | None:
         if not equals or not any(word in key for word in _KEYS):
             continue
         key = key.strip()
+        if key in _OTHER_KEYS:
+            continue  # [pipe]'s other keys that mention a name: they set nothing this client reads
         if table != b"[pipe]" or key not in _KEYS or key.decode() in found:
             return None
         parsed = _simple_value(value.strip())
@@ -344,8 +348,8 @@ def hand_off(argv: list[str], stdin: BinaryIO, environ: Mapping[str, str] | None
             raise NoWorker("") from None  # no worker running: the usual case where none is deployed
         except OSError as exc:
             raise NoWorker(f"cannot reach the pipe worker at {worker}: {exc.strerror or exc}") from None
-        listener = peer_uid(sock)
-        if listener != uid:
+        listener = peer_uid(sock)  # who called listen(): the worker, or root's systemd for a socket unit
+        if listener not in (uid, 0):
             raise NoWorker(f"not using the pipe worker socket: {worker} is served by uid {listener}, not by uid {uid}")
         _greet(sock, argv, path, environ.get("MAIL_CONFIG", ""))
         try:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import os
+import select
 import signal
 import socket
 import stat
@@ -36,6 +37,7 @@ from ..config import Config
 from ..daemon import InFlight, notify
 from ..defaults import CONFIG_PATH
 from . import pipe
+from .activation import ActivationError, inherited_socket
 from .pipeclient import CHUNK, PROTOCOL, PROTOCOL_NAME, peer_uid, unsafe_folder, unsafe_socket
 
 LOG = logging.getLogger("mailfilter")
@@ -111,6 +113,9 @@ class Worker:
         self.in_flight = InFlight()
         self.runner = pipeline.Runner()  # scanner threads kept for every message, not started per message
         self.stopping = False
+        self._clients = 0  # accepted and not yet finished with, counted from accept() on (the idle exit)
+        self._clients_lock = threading.Lock()
+        self._last_busy = time.monotonic()
 
     def _greeting(self, stream: BinaryIO) -> tuple[list[str], str, str]:
         line = stream.readline(64)
@@ -196,17 +201,40 @@ class Worker:
             self.handle(conn)
         except BaseException:  # handle() should not raise; a bug must not print to stderr
             LOG.exception("pipe worker: unexpected failure with one client (the client defers its message)")
+        finally:
+            with self._clients_lock:
+                self._clients -= 1
+                self._last_busy = time.monotonic()
 
-    def run(self, listener: socket.socket) -> None:
-        """Accept clients until _Stop is raised (by a signal) or the listener is closed."""
+    def run(self, listener: socket.socket, idle: float = 0.0) -> bool:
+        """Accept clients until _Stop is raised (by a signal) or the listener is closed; False then.
+
+        With IDLE > 0, return True once no client has been connected for IDLE seconds: the
+        worker then accepts nobody more, so a client that connects from then on waits in the
+        listener's queue (systemd's socket, which starts the next worker for it) or, once the
+        listener is closed, finds nobody and filters its message itself. None is declined for it."""
+        poller = select.poll()
+        poller.register(listener, select.POLLIN)
         while not self.stopping:
+            if idle > 0:
+                with self._clients_lock:
+                    left = idle - (time.monotonic() - self._last_busy)
+                    if self._clients == 0 and left <= 0:
+                        self.stopping = True
+                        return True
+                if not poller.poll(max(left, 0.05) * 1000 if self._clients == 0 else idle * 1000):
+                    continue
             try:
                 conn, _ = listener.accept()
             except OSError:
                 if self.stopping or listener.fileno() == -1:
-                    return
+                    return False
                 raise
+            with self._clients_lock:
+                self._clients += 1
+                self._last_busy = time.monotonic()
             threading.Thread(target=self._handle_guarded, args=(conn,), name="pipe-client", daemon=True).start()
+        return False
 
 
 def open_socket(path: str) -> socket.socket:
@@ -270,37 +298,50 @@ def refuse_root() -> None:
 
 
 def serve(config: Config, path: str | None = None) -> int:
-    """Run until SIGTERM/SIGINT, then let messages in flight finish (up to [pipe] deadline)."""
+    """Run until SIGTERM/SIGINT, then let messages in flight finish (up to [pipe] deadline).
+
+    Socket-activated (systemd/mailfilter-worker.socket), it also exits after [pipe] worker_idle
+    seconds without a client; the socket unit keeps listening and starts it again. A worker that
+    bound its own socket never exits idle: nothing would start it again."""
     path = path or config.pipe.worker
     if not path:
         raise WorkerError("no socket: [pipe] worker is '' (set it, or pass --socket)")
     refuse_root()
+    try:
+        inherited = inherited_socket(path)
+    except ActivationError as exc:
+        raise WorkerError(str(exc)) from None
     preload()
     worker = Worker(config)
 
     def stop(signum: int, frame: object) -> None:
         raise _Stop
 
-    listener = open_socket(path)
+    listener = inherited or open_socket(path)
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    idled = False
     try:
-        LOG.info("pipe worker listening on %s for %s", path, worker.serves)
+        LOG.info("pipe worker listening on %s%s for %s", path, " (from systemd)" if inherited else "", worker.serves)
         notify("READY=1")
-        worker.run(listener)
+        idled = worker.run(listener, config.pipe.worker_idle if inherited else 0.0)
     except _Stop:
         pass
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         worker.stopping = True
-        listener.close()
-        try:
-            os.unlink(path)
-        except OSError:
-            pass
+        listener.close()  # systemd's socket stays open in systemd, with the clients queued on it
+        if not inherited:
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
     notify("STOPPING=1")
-    LOG.info("pipe worker stopping: %d message(s) in flight", worker.in_flight.count)
+    if idled:
+        LOG.info("pipe worker exiting: no message for %g s (the socket unit starts it again for the next one)", config.pipe.worker_idle)
+    else:
+        LOG.info("pipe worker stopping: %d message(s) in flight", worker.in_flight.count)
     if not worker.in_flight.wait_idle(config.pipe.deadline):
         LOG.warning("pipe worker stopping with %d message(s) in flight: their clients defer them", worker.in_flight.count)
     worker.runner.close()
