@@ -114,7 +114,8 @@ def test_a_virus_through_the_pipe_is_in_the_store_and_the_tools_work_on_it(real_
     assert released.exit_code == 0, released.output
     ((argv, data),) = sendmail.calls
     assert argv[-1] == "admin@example.net" and data.endswith(raw) and data.startswith(b"X-Mailfilter-Released: ")
-    assert "released:" in cli_run(path, "quarantine", "show", qid).output
+    shown = cli_run(path, "quarantine", "show", qid).output
+    assert "released:" in shown and f"host:          {meta['host']}" in shown
     assert cli_run(path, "quarantine", "purge", "--older-than", "1d").output.startswith("purged 0")
     assert cli_run(path, "quarantine", "delete", qid).exit_code == 0
     assert cli_run(path, "quarantine", "show", qid).exit_code == 1

@@ -198,7 +198,10 @@ def show(obj: Any, qid: str, raw: bool) -> None:
             return
         head = fh.read(HEAD_LIMIT)
     meta = entry.meta
-    for key in ("id", "created", "reason", "virus_names", "spam_score", "spam_tests", "sender", "recipients", "queue_id", "size"):
+    keys = ("id", "created", "reason", "virus_names", "spam_score", "spam_tests", "sender", "recipients", "queue_id", "size", "host")
+    for key in keys:
+        if key == "host" and "host" not in meta:
+            continue  # the folder store keeps no host: it is this one
         value = meta.get(key)
         click.echo(f"{key + ':':14} {printable(value if isinstance(value, str) else json.dumps(value), 300)}")
     for done in entry.released:
