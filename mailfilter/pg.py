@@ -17,6 +17,16 @@ from typing import Any
 CONNECT_TIMEOUT = 5  # seconds to reach PostgreSQL (libpq's connect_timeout)
 STATEMENT_TIMEOUT_MS = 30000  # no statement of ours takes long; a stuck one is an error, not a hang
 IDLE = 4  # connections kept open per DSN
+# A server or link that dies mid-statement is noticed in seconds, not hours: unacknowledged data for 10 s
+# (tcp_user_timeout), or a silent peer after 5 s idle and 3 probes 2 s apart (keepalives), end the connection.
+LINK = {
+    "options": f"-c statement_timeout={STATEMENT_TIMEOUT_MS}",
+    "keepalives": 1,
+    "keepalives_idle": 5,
+    "keepalives_interval": 2,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 10000,
+}
 LOCK_NAMESPACE = 0x6D66  # pg_advisory_xact_lock key of `db init|upgrade` ("mf")
 
 # Version N is what MIGRATIONS[:N] creates; never edit a released step, add one.
@@ -87,8 +97,7 @@ class Connections:
         conn = self._take(dsn)
         try:
             if conn is None:
-                options = f"-c statement_timeout={STATEMENT_TIMEOUT_MS}"
-                conn = psycopg.connect(dsn, connect_timeout=connect_timeout, options=options, autocommit=True)
+                conn = psycopg.connect(dsn, connect_timeout=connect_timeout, autocommit=True, **LINK)
             with conn.transaction():
                 yield conn
         except psycopg.errors.UndefinedTable as exc:
