@@ -44,7 +44,8 @@ class SmtpPostfix(PostfixInstance):
         self.door_port = free_port()
         self.reinject_port = 0
 
-    def start_smtp(self, **main_cf: str) -> None:
+    def start_smtp(self, maxproc: int = 4, transport: str = DOOR_TRANSPORT, **main_cf: str) -> None:
+        """Start the instance; TRANSPORT (at most MAXPROC at once) carries every message smtpd takes to door_port."""
         self.smtp_port, self.reinject_port = free_port(), free_port()
         self.config_dir.mkdir(mode=0o755)
         main = self._main_cf("milter", "inet:127.0.0.1:1", "")
@@ -54,12 +55,12 @@ class SmtpPostfix(PostfixInstance):
         self._write("main.cf", "".join(f"{key} = {value}\n" for key, value in main.items()))
         smtpd = f"{HOST}:{self.smtp_port} inet n - n - - smtpd"
         master = self._master_cf("milter", (), None).replace(
-            smtpd + "\n", f"{smtpd}\n  -o content_filter={DOOR_TRANSPORT}:[{HOST}]:{self.door_port}\n", 1
+            smtpd + "\n", f"{smtpd}\n  -o content_filter={transport}:[{HOST}]:{self.door_port}\n", 1
         )
         master += "\n".join(
             [
-                f"{DOOR_TRANSPORT} unix - - n - 4 smtp",
-                "  -o syslog_name=postfix/smtp-mailfilter",
+                f"{transport} unix - - n - {maxproc} smtp",
+                f"  -o syslog_name=postfix/{transport}",
                 "  -o smtp_send_xforward_command=yes",
                 "  -o disable_mime_output_conversion=yes",
                 "  -o smtp_generic_maps=",
