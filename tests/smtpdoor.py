@@ -37,6 +37,8 @@ class Behaviour:
     extensions: tuple[str, ...] = ("8BITMIME", "SMTPUTF8", "PIPELINING")
     lost: list[str] = field(default_factory=list)  # what each connection closed before its dot had sent
     data_started: threading.Event = field(default_factory=threading.Event)  # a DATA command came
+    hang_up_after: bool = False  # close each connection after its message (an smtpd_timeout on an idle one)
+    connections: int = 0
 
 
 class _Session(socketserver.StreamRequestHandler):
@@ -50,6 +52,7 @@ class _Session(socketserver.StreamRequestHandler):
         behaviour = fake.behaviour
         xforward: list[str] = []
         mail, rcpts = "", []
+        behaviour.connections += 1
         self.send("220 fake.example.net ESMTP")
         while line := self.rfile.readline():
             text = line.decode("utf-8", "surrogateescape").rstrip("\r\n")
@@ -84,6 +87,8 @@ class _Session(socketserver.StreamRequestHandler):
                 if behaviour.end_of_data.startswith("2"):
                     fake.record(Taken(xforward, mail, rcpts, b"".join(lines)))
                 xforward, mail, rcpts = [], "", []
+                if behaviour.hang_up_after:
+                    return
             elif verb == "RSET":
                 xforward, mail, rcpts = [], "", []
                 self.send("250 2.0.0 Ok")

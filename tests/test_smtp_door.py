@@ -198,3 +198,42 @@ def test_stop_lets_the_message_in_flight_finish_and_refuses_new_ones(door_for):
         assert len(smtpd.taken) == 1
         with pytest.raises(OSError):
             socket.create_connection(("127.0.0.1", door.port), timeout=5).close()
+
+
+# --- the reinjection pool alone (doors/smtpreinject.py) ---------------------------------------------------------
+
+
+def test_the_pool_replaces_connections_the_server_closed_while_idle():
+    from mailfilter.doors.smtpreinject import Pool, Transaction
+
+    behaviour = Behaviour(hang_up_after=True)
+    with FakeSmtpd(behaviour) as smtpd:
+        pool = Pool(smtpd.address, timeout=10)
+        tx = Transaction(SENDER, (RECIPIENT,), {})
+        try:
+            for _ in range(3):
+                assert pool.deliver(tx, [b"Subject: x\r\n\r\nhi\r\n"]).startswith("250 ")
+        finally:
+            pool.close()
+        assert len(smtpd.wait(3)) == 3 and behaviour.connections == 3
+
+
+def test_the_pool_never_sends_the_final_dot_when_the_gate_refuses():
+    from mailfilter.doors.smtpreinject import Pool, Transaction
+
+    class Gone(Exception):
+        pass
+
+    def gate() -> None:
+        raise Gone
+
+    behaviour = Behaviour()
+    with FakeSmtpd(behaviour) as smtpd:
+        pool = Pool(smtpd.address, timeout=10)
+        with pytest.raises(Gone):
+            pool.deliver(Transaction(SENDER, (RECIPIENT,), {}), [b"Subject: x\r\n\r\n.hi\r\n"], gate=gate)
+        pool.close()
+        deadline = time.monotonic() + 10
+        while not behaviour.lost and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert behaviour.lost == [f"MAIL FROM:<{SENDER}>"] and smtpd.taken == []

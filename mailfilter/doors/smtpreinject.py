@@ -10,8 +10,9 @@ end-of-data; anything else raises ReinjectError, and the door defers the message
 The whole transaction is bounded by one deadline ([smtp] timeout): every read and write gets the time
 that is left, and a connection that runs out is closed. Closed before our final dot, the server discards
 the message; closed while it answers the dot, the message may have been taken: the error says so.
-Connections are kept for reuse (RSET between messages); a broken one is dropped and a fresh one is tried
-once, but only when nothing of the message can have been taken yet (before DATA).
+Connections are kept for reuse (RSET between messages); a broken one is dropped, with every other idle one
+(the server closes them all after its smtpd_timeout), and a fresh one is tried once, but only when nothing of
+the message can have been taken yet (the RSET failed).
 """
 
 from __future__ import annotations
@@ -79,6 +80,7 @@ class Pool:
                 reply = _transaction(client, transaction, chunks, deadline, reused and attempt == 0, gate)
             except _Retry:
                 _drop(client)
+                self.close()  # the other idle connections are as old as this one: the second try takes a fresh one
                 continue
             except ReinjectError:
                 _drop(client)
