@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
 from smtpdoor import Behaviour, FakeSmtpd, free_port
 
 from mailfilter import config as configmod
-from mailfilter.commands.smtpcheck import smtp_lines
+from mailfilter.commands.smtpcheck import smtp_lines, transport_lines
 
 
 def lines(**smtp) -> list[str]:
@@ -35,3 +36,29 @@ def test_nothing_listening_is_a_warning_and_xforward_missing_is_named():
         [door, reinject] = lines(listen=f"127.0.0.1:{free_port()}", reinject=smtpd.address)
     assert door.startswith("WARN  smtp door: nothing answers on 127.0.0.1:") and "start `mailfilter smtp`" in door
     assert reinject.startswith("WARN  smtp reinject:") and "smtpd_authorized_xforward_hosts=127.0.0.0/8" in reinject
+
+
+def postfix_config(tmp_path, content_filter: str, maxproc: str):
+    (tmp_path / "main.cf").write_text(f"compatibility_level = 3.6\ncontent_filter = {content_filter}\n")
+    (tmp_path / "master.cf").write_text(f"smtp-mailfilter unix - - n - {maxproc} smtp\n  -o smtp_send_xforward_command=yes\n")
+    return {"MAIL_CONFIG": str(tmp_path)}
+
+
+@pytest.mark.parametrize(
+    ("content_filter", "maxproc", "expected"),
+    [
+        ("smtp-mailfilter:[127.0.0.1]:10027", "4", "OK    smtp wiring: content_filter = smtp-mailfilter:[127.0.0.1]:10027, smtp-"),
+        ("smtp-mailfilter:[127.0.0.1]:10027", "10", "WARN  smtp wiring: smtp-mailfilter runs up to 10 at once (10 in master.cf), [smtp]"),
+        ("smtp-mailfilter:[127.0.0.1]:10027", "-", "WARN  smtp wiring: smtp-mailfilter runs up to 100 at once (- in master.cf)"),
+        ("smtp-mailfilter:[127.0.0.1]:10024", "4", "WARN  smtp wiring: content_filter = smtp-mailfilter:[127.0.0.1]:10024 does not reach"),
+        ("scan:[127.0.0.1]:10027", "4", "WARN  smtp wiring: content_filter names scan, which master.cf lacks"),
+    ],
+)
+def test_the_wiring_is_compared_with_smtp_section(tmp_path, content_filter, maxproc, expected):
+    environ = postfix_config(tmp_path, content_filter, maxproc)
+    [line] = [line.render() for line in transport_lines(configmod.from_dict({}), environ)]
+    assert line.startswith(expected), line
+
+
+def test_no_postfix_config_no_wiring_line(tmp_path):
+    assert list(transport_lines(configmod.from_dict({}), {"MAIL_CONFIG": str(tmp_path / "none")})) == []

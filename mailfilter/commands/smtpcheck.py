@@ -9,11 +9,12 @@ its reinjecting smtpd does not is a FAIL (it would defer every message).
 from __future__ import annotations
 
 import smtplib
-from collections.abc import Iterator
+import subprocess  # nosec B404
+from collections.abc import Iterator, Mapping
 
 from ..config import Config, SmtpConfig
 from ..doors.smtpreinject import split_address
-from .check import Line, Status
+from .check import POSTCONF, Line, Status
 
 TIMEOUT = 5.0
 ONLY = "(only matters with the smtp wiring)"
@@ -44,7 +45,44 @@ def _quit(client: smtplib.SMTP) -> None:
         client.close()
 
 
-def smtp_lines(config: Config) -> Iterator[Line]:
+def _postconf(environ: Mapping[str, str], command: str, *args: str) -> str | None:
+    """What `postconf [-c $MAIL_CONFIG] ARGS` prints, or None when it cannot tell (no Postfix config here)."""
+    where = ["-c", environ["MAIL_CONFIG"]] if environ.get("MAIL_CONFIG") else []
+    try:
+        # argv: the fixed postconf path, an optional -c MAIL_CONFIG and fixed arguments. No shell.
+        proc = subprocess.run([command, *where, *args], capture_output=True, text=True, timeout=30, check=False)  # noqa: S603  # nosec B603
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return proc.stdout.strip() if proc.returncode == 0 else None
+
+
+def transport_lines(config: Config, environ: Mapping[str, str], command: str = POSTCONF) -> Iterator[Line]:
+    """main.cf's content_filter against [smtp] listen, and its transport's process limit against [smtp] max_clients."""
+    content_filter = _postconf(environ, command, "-hx", "content_filter")
+    if not content_filter:
+        return  # not read from here, or set per service with -o (master.cf.example C sets it in main.cf)
+    transport, _, nexthop = content_filter.partition(":")
+    port = config.smtp.listen.rpartition(":")[2]
+    if not nexthop.endswith(f":{port}"):
+        fix = f"content_filter = {transport}:[127.0.0.1]:{port} (or set [smtp] listen to where it sends)"
+        yield Line(Status.WARN, "smtp wiring", f"content_filter = {content_filter} does not reach [smtp] listen {config.smtp.listen}", fix)
+        return
+    service = _postconf(environ, command, "-M", f"{transport}/unix")
+    fields = (service or "").split()
+    if len(fields) < 8:
+        yield Line(Status.WARN, "smtp wiring", f"content_filter names {transport}, which master.cf lacks", "add it (master.cf.example C)")
+        return
+    maxproc = fields[6]
+    limit = int(maxproc) if maxproc.isdigit() else int(_postconf(environ, command, "-hx", "default_process_limit") or 100)
+    if limit > config.smtp.max_clients:
+        text = f"{transport} runs up to {limit} at once ({maxproc} in master.cf), [smtp] max_clients is {config.smtp.max_clients}"
+        fix = f"make them equal: maxproc {config.smtp.max_clients} in master.cf, or [smtp] max_clients = {limit}"
+        yield Line(Status.WARN, "smtp wiring", f"{text}: sessions beyond it are told 421 and their mail waits", fix)
+        return
+    yield Line(Status.OK, "smtp wiring", f"content_filter = {content_filter}, {transport} maxproc {limit} <= [smtp] max_clients")
+
+
+def smtp_lines(config: Config, environ: Mapping[str, str] | None = None, command: str = POSTCONF) -> Iterator[Line]:
     listen, reinject = config.smtp.listen, config.smtp.reinject
     problem, door = probe(listen) if listen else ("[smtp] listen is ''", None)
     if door is None and config.smtp == SmtpConfig():
@@ -70,3 +108,5 @@ def smtp_lines(config: Config) -> Iterator[Line]:
         yield Line(Status.WARN, "smtp reinject", text, fix)
         return
     yield Line(Status.OK, "smtp reinject", f"{reinject} answers and offers XFORWARD")
+    if environ is not None:
+        yield from transport_lines(config, environ, command)
