@@ -47,7 +47,7 @@ def learn(message: bytes, message_class: str, config: SpamdConfig) -> Learnt:
         )
     except ResponseException as exc:  # spamd answered with an error: TELL not allowed, no Bayes, ...
         raise LearnError(f"spamd at {where} refused TELL: {exc} (is it started with --allow-tell and use_bayes 1?)") from None
-    except (ClientException, OSError, asyncio.TimeoutError) as exc:
+    except (TimeoutError, ClientException, OSError) as exc:
         cause = exc.__cause__ or exc.__context__
         why = " ".join(str(part) for part in (type(exc).__name__, exc, cause or "") if str(part))
         raise LearnError(f"spamd at {where} did not answer: {why}") from None
