@@ -14,6 +14,8 @@ from . import __version__
 from . import config as configmod
 from .commands.check import check
 from .commands.daily import report
+from .commands.db import db
+from .commands.learn import learn
 from .commands.quarantine import quarantine
 
 
@@ -125,9 +127,38 @@ def worker(obj: Context, socket_path: str | None) -> None:
     sys.exit(status)
 
 
+@cli.command()
+@click.option("--listen", metavar="HOST:PORT", help="where to listen (default: [smtp] listen, 127.0.0.1:10027).")
+@click.pass_obj
+def smtp(obj: Context, listen: str | None) -> None:
+    """Run the after-queue SMTP door for Postfix's content_filter (FILTER_README's advanced method).
+
+    \b
+    main.cf:  content_filter = smtp-mailfilter:[127.0.0.1]:10027
+    master.cf: the smtp-mailfilter transport and the 127.0.0.1:10028 smtpd (master.cf.example, C)
+    Replies 250 only once the message is reinjected into [smtp] reinject (or quarantined, or
+    refused on purpose); any failure is a 4xx and Postfix keeps the message queued. Run it as
+    its own user (systemd/mailfilter-smtp.service). Logs to syslog (facility mail); tells systemd
+    it is ready (Type=notify); on SIGTERM it stops accepting and lets messages in flight finish.
+    """
+    from . import log
+    from .doors import smtp as door
+
+    config = obj.load()
+    try:
+        door.refuse_root()  # before the log file is opened: as root it would become root's
+        log.configure("mailfilter/smtp", config.log, stderr=False)
+        status = door.serve(config, listen)
+    except door.ServeError as exc:
+        raise click.ClickException(str(exc)) from None
+    sys.exit(status)
+
+
 cli.add_command(check)
 cli.add_command(quarantine)
 cli.add_command(report)
+cli.add_command(db)
+cli.add_command(learn)
 
 
 @cli.command("config")

@@ -99,6 +99,12 @@ def _listen(value: Any) -> str | None:
     return "must be HOST:PORT (or '' to turn it off)"
 
 
+def _dsn(value: Any) -> str | None:
+    if value == "" or value.startswith(("postgresql://", "postgres://")):
+        return None
+    return "must be a PostgreSQL URI, postgresql://USER@HOST[:PORT]/DBNAME (or '' for the folder)"
+
+
 def _mode(value: Any) -> str | None:
     return None if 0 <= value <= 0o777 else "must be a file mode such as 0o660"
 
@@ -106,8 +112,21 @@ def _mode(value: Any) -> str | None:
 ON_ERROR = _one_of("tempfail", "accept")
 
 
+def _servers(value: Any) -> str | None:
+    from .scanners.pool import check_servers
+
+    return check_servers(value)
+
+
+# A section's keys that exclude others when given in the file (a pool replaces the single server).
+EXCLUSIVE = {"spamd": ("servers", ("host", "port", "socket")), "clamd": ("servers", ("host", "port", "socket"))}
+
+
 @dataclass(frozen=True)
 class SpamdConfig:
+    servers: list = _key(  # noqa: RUF009
+        [], "a pool: 'HOST:PORT' or 'unix:/PATH' each; one server per message, failover to the next; replaces host/port/socket", _servers
+    )
     host: str = _key("127.0.0.1", "spamd TCP host (used when socket is empty)")
     port: int = _key(783, "spamd TCP port", _port)
     socket: str = _key("", "spamd unix socket path; when set, host and port are not used", _socket_path)
@@ -124,6 +143,9 @@ class SpamdConfig:
 
 @dataclass(frozen=True)
 class ClamdConfig:
+    servers: list = _key(  # noqa: RUF009
+        [], "a pool of clamd: 'HOST:PORT' or 'unix:/PATH' each; one per message, failover to the next; replaces socket/host/port", _servers
+    )
     backend: str = _key("clamd", "'clamd' (resident daemon, INSTREAM) or 'clamscan' (a process per message)", _one_of("clamd", "clamscan"))
     socket: str = _key("/var/run/clamav/clamd.ctl", "clamd unix socket path (used when host is empty)", _socket_path)
     host: str = _key("", "clamd TCP host; when set, the socket is not used")
@@ -145,6 +167,7 @@ class DeliveryConfig:
 @dataclass(frozen=True)
 class QuarantineConfig:
     dir: str = _key("/var/lib/mailfilter/quarantine", "where held messages are stored (created 0700)", _absolute)
+    store: str = _key("", "'': held messages in dir; postgresql://USER@HOST/DB: in PostgreSQL, for a fleet (dir is then not used)", _dsn)
     spam_score: float = _key(math.inf, "quarantine spam at or above this score instead of delivering it (inf: never)", _score)
 
 
@@ -174,6 +197,7 @@ class ReportConfig:
     journal_dir: str = _key(
         "/var/lib/mailfilter/journal", "one JSON line per message, for `mailfilter report` ('' turns it off)", _absolute_or_empty
     )
+    journal_store: str = _key("", "postgresql://USER@HOST/DB: journal to PostgreSQL too; `mailfilter report` reads it (the fleet)", _dsn)
 
 
 @dataclass(frozen=True)
@@ -189,6 +213,11 @@ class PipeConfig:
         WORKER_SOCKET,
         "unix socket of `mailfilter worker`; `pipe` hands messages to it when it listens, else filters them itself ('' never tries)",
         _absolute_or_empty,
+    )
+    worker_idle: float = _key(
+        300.0,
+        "seconds without a message after which a worker started by systemd's socket unit exits (the next message starts it again)",
+        _seconds(),
     )
 
 
@@ -214,6 +243,23 @@ class MetricsConfig:
     textfile: str = _key("", "pipe: rewrite this .prom file for node_exporter's textfile collector ('' turns it off)", _absolute_or_empty)
 
 
+def _count(limit: int) -> Callable[[Any], str | None]:
+    def check(value: Any) -> str | None:
+        return None if 0 < value <= limit else f"must be a whole number from 1 to {limit}"
+
+    return check
+
+
+@dataclass(frozen=True)
+class SmtpConfig:
+    listen: str = _key("127.0.0.1:10027", "`mailfilter smtp`: HOST:PORT of the after-queue door (Postfix's content_filter)", _listen)
+    reinject: str = _key("127.0.0.1:10028", "HOST:PORT of Postfix's second smtpd (no content_filter) that takes filtered mail", _listen)
+    max_clients: int = _key(4, "SMTP sessions served at once; match the smtp-mailfilter transport's process limit (maxproc)", _count(1000))
+    timeout: float = _key(120.0, "seconds the reinjecting smtpd may take to accept one message (after the scan)", _seconds())
+    max_size: int = _key(52428800, "bytes (offered as SIZE); a larger message is refused with 552 5.3.4 instead of being scanned", _bytes)
+    grace: float = _key(30.0, "seconds to let messages in flight finish after SIGTERM", _seconds())
+
+
 @dataclass(frozen=True)
 class LogConfig:
     syslog: bool = _key(True, "log to syslog facility mail under `pipe` (the CLI logs to stderr)")
@@ -232,6 +278,7 @@ class Config:
     pipe: PipeConfig = field(default_factory=PipeConfig)
     milter: MilterConfig = field(default_factory=MilterConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    smtp: SmtpConfig = field(default_factory=SmtpConfig)
     log: LogConfig = field(default_factory=LogConfig)
     source: str = "(defaults)"
 
@@ -289,6 +336,9 @@ def from_dict(data: dict[str, Any], source: str = "(dict)") -> Config:
             if problem:
                 raise ConfigError(f"{where}: {problem}, got {value!r}")
             values[key] = value
+        if name in EXCLUSIVE and table.get(EXCLUSIVE[name][0]) and set(EXCLUSIVE[name][1]) & set(table):
+            given = ", ".join(key for key in EXCLUSIVE[name][1] if key in table)
+            raise ConfigError(f"{source}: [{name}] servers and {given}: set one or the other (servers replaces {given})")
         sections[name] = cls(**values)
     return Config(**sections, source=source)
 

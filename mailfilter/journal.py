@@ -56,6 +56,8 @@ def event(
         "delay": round(delay, 3),
         "spam_seconds": round(results.spam_seconds, 4) if results else None,
         "virus_seconds": round(results.virus_seconds, 4) if results else None,
+        "servers": dict(results.servers) if results else {},  # scanner -> the pool member that answered
+        "failovers": dict(results.failovers) if results else {},  # scanner -> members that failed first
     }
 
 

@@ -27,6 +27,9 @@ COUNTERS = {
     "messages": ("Messages filtered, by door, verdict and action.", ("door", "verdict", "action")),
     "scanner_errors": ("Scanner failures (down, timeout, error, too large), by scanner and cause.", ("scanner", "cause")),
     "unscanned": ("Messages delivered without a scanner's verdict (on_error = accept), by scanner.", ("scanner",)),
+    "scans": ("Scans answered, by scanner and the pool member that answered.", ("scanner", "server")),
+    "failovers": ("Pool members that failed a message before another answered (or all failed), by scanner.", ("scanner",)),
+    "journal_errors": ("Journal writes that failed (the message was not held up), by journal: folder or postgresql.", ("journal",)),
 }
 HISTOGRAM = ("scan_duration_seconds", "Time one scanner took for one message.", ("scanner",))
 
@@ -61,13 +64,19 @@ class Tally:
                 self._inc("scanner_errors", (*failure.split(":", 1), "")[:2])
             for scanner in event["unscanned"]:
                 self._inc("unscanned", (scanner,))
+            for scanner, server in (event.get("servers") or {}).items():
+                self._inc("scans", (str(scanner), str(server)))
+            for scanner, n in (event.get("failovers") or {}).items():
+                self._inc("failovers", (str(scanner),), n)
+            for store in event.get("journal_errors") or ():
+                self._inc("journal_errors", (str(store),))
             for scanner, key in (("spamd", "spam_seconds"), ("clamav", "virus_seconds")):
                 if event.get(key) is not None:
                     self._time(scanner, float(event[key]))
 
-    def _inc(self, name: str, labels: tuple[str, ...]) -> None:
+    def _inc(self, name: str, labels: tuple[str, ...], n: float = 1) -> None:
         family = self.counters[name]
-        family[labels] = family.get(labels, 0) + 1
+        family[labels] = family.get(labels, 0) + n
 
     def _time(self, scanner: str, seconds: float) -> None:
         row = self.histograms.setdefault(scanner, [0.0] * (len(BUCKETS) + 2))
@@ -308,11 +317,22 @@ def account(entry: dict[str, Any], config: Any, logger: Any, tally: Tally | None
     """
     from . import journal
 
+    failed = []  # the journals not written, counted in journal_errors
     try:
         if config.report.journal_dir:
             journal.record(config.report.journal_dir, entry)
     except BaseException as exc:  # noqa: BLE001 - logged; the message's fate is sealed
         _log(logger, "error", "journal not written: %s", exc)
+        failed.append("folder")
+    try:
+        if getattr(config.report, "journal_store", ""):
+            from . import pgjournal
+
+            pgjournal.record(config.report.journal_store, entry)
+    except BaseException as exc:  # noqa: BLE001 - logged; the message's fate is sealed
+        _log(logger, "error", "journal not written to PostgreSQL: %s", exc)
+        failed.append("postgresql")
+    entry = {**entry, "journal_errors": failed} if failed else entry
     try:
         if tally is not None:
             tally.observe(entry)

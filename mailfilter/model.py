@@ -118,6 +118,8 @@ class ScanResults:
     virus: VirusOutcome
     spam_seconds: float = 0.0  # how long each scanner took
     virus_seconds: float = 0.0
+    servers: tuple[tuple[str, str], ...] = ()  # (scanner, server that answered) for the pooled scanners
+    failovers: tuple[tuple[str, int], ...] = ()  # (scanner, servers that failed before one answered or all failed)
 
     @property
     def failures(self) -> tuple[ScanFailure, ...]:

@@ -20,6 +20,7 @@ from typing import Any
 from . import deepscan, policy
 from .config import Config
 from .model import SCANNER_CLAMAV, SCANNER_SPAMD, Cause, Decision, ScanFailure, ScanResults, SpamOutcome, SpamReport
+from .scanners import pool as scanpool
 from .spool import Spool
 
 # Seconds the pipeline waits beyond a scanner's own timeout before it calls the scanner hung.
@@ -61,6 +62,11 @@ class Runner:
         self._clamav = concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="mailfilter-clamav")
 
     def scan(self, message: Spool, config: Config) -> ScanResults:
+        with scanpool.ledger() as book:  # which pool member answered, seen by both threads through the context
+            results = self._scan(message, config)
+            return dataclasses.replace(results, servers=tuple(book.servers.items()), failovers=tuple(book.failovers.items()))
+
+    def _scan(self, message: Spool, config: Config) -> ScanResults:
         from .scanners import spamd
 
         started = time.monotonic()

@@ -12,7 +12,6 @@ import enum
 import os
 import pwd
 import re
-import socket
 import subprocess  # nosec B404
 import sys
 import tempfile
@@ -29,6 +28,7 @@ from ..config import ClamdConfig, Config, SpamdConfig
 from ..doors import milterreply
 from ..message import printable
 from ..model import Cause, ScanFailure, SpamOutcome, SpamReport, SpamSkipped, VirusOutcome
+from ..scanners import pool
 from ..spool import Spool
 
 GTUBE = "XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X"
@@ -91,7 +91,7 @@ def _failure_fix(failure: ScanFailure, section: str, unavailable: str) -> str:
 
 def spam_line(outcome: SpamOutcome, config: SpamdConfig) -> Line:
     """spamd's verdict on the probe: only a spam score is OK."""
-    where = config.socket or f"{config.host}:{config.port}"
+    where = _where(config.servers, config.host, config.port, config.socket)
     if isinstance(outcome, SpamReport):
         text = f"{where} scored GTUBE {outcome.score:g}/{outcome.threshold:g}"
         if outcome.is_spam:
@@ -108,13 +108,38 @@ def virus_line(outcome: VirusOutcome, config: ClamdConfig) -> Line:
     if config.backend == "clamscan":
         subject, where, unavailable = "clamscan", config.clamscan[0], "install ClamAV, or correct [clamd] clamscan"
     else:
-        where = f"{config.host}:{config.port}" if config.host else config.socket
+        where = _where(config.servers, config.host, config.port, "" if config.host else config.socket)
         subject, unavailable = "clamd", "start clamd (clamav-daemon), or correct [clamd] socket, host or port"
     if isinstance(outcome, ScanFailure):
         return Line(Status.FAIL, subject, f"{where}: {outcome.cause}: {outcome.text}", _failure_fix(outcome, "clamd", unavailable))
     if not outcome.infected:
         return Line(Status.FAIL, subject, f"{where} did not find EICAR", "check ClamAV's signature database (freshclam)")
     return Line(Status.OK, subject, f"{where} found EICAR: {', '.join(outcome.names)}")
+
+
+def _where(servers: tuple[str, ...], host: str, port: int, path: str) -> str:
+    """The server (or servers) a scanner's config names, as [spamd] servers writes them ("unix:" only in a pool)."""
+    members = pool.members(servers, host, port, path)
+    if len(members) == 1 and not servers:
+        return path or f"{host}:{port}"
+    return ", ".join(member.label for member in members)
+
+
+def pool_configs(config: Config) -> list[Config]:
+    """One config per pool member, so that `check` probes every one: the Nth spamd with the Nth clamd (the
+    shorter pool's first member fills in, probed again but reported once)."""
+    spamd, clamd = config.spamd.servers, config.clamd.servers if config.clamd.backend == "clamd" else ()
+    if len(spamd) <= 1 and len(clamd) <= 1:
+        return [config]
+    out = []
+    for i in range(max(len(spamd), len(clamd))):
+        one = config
+        if spamd:
+            one = replace(one, spamd=replace(one.spamd, servers=(spamd[i if i < len(spamd) else 0],)))
+        if clamd:
+            one = replace(one, clamd=replace(one.clamd, servers=(clamd[i if i < len(clamd) else 0],)))
+        out.append(one)
+    return out
 
 
 def signature_date(answer: str) -> datetime | None:
@@ -303,14 +328,8 @@ def clamav_version(config: ClamdConfig) -> str:
         argv = [*config.clamscan, "--version"]
         # argv: the configured clamscan and --version. No shell.
         return subprocess.run(argv, capture_output=True, text=True, timeout=config.timeout, check=True).stdout.strip()  # noqa: S603  # nosec B603
-    if config.host:
-        sock = socket.create_connection((config.host, config.port), timeout=config.timeout)
-    else:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(config.timeout)
-    with sock:
-        if not config.host:
-            sock.connect(config.socket)
+    server = pool.members(config.servers, config.host, config.port, "" if config.host else config.socket)[0]
+    with server.connect(config.timeout) as sock:
         sock.sendall(b"zVERSION\0")
         answer = b""
         while chunk := sock.recv(4096):
@@ -319,15 +338,25 @@ def clamav_version(config: ClamdConfig) -> str:
 
 
 def scanner_lines(config: Config, now: datetime) -> Iterator[Line]:
-    """The probe through the pipeline (spamd and ClamAV at once), then the age of ClamAV's signatures."""
-    with Spool.of(probe()) as spool:
-        results = pipeline.scan(spool, config)
-    yield spam_line(results.spam, config.spamd)
-    yield virus_line(results.virus, config.clamd)
-    if isinstance(results.virus, ScanFailure):
+    """The probe through the pipeline (spamd and ClamAV at once), on every member of a pool; then the age
+    of ClamAV's signatures (on the first clamd that found EICAR)."""
+    asked, versioned = set(), None
+    for one in pool_configs(config):
+        with Spool.of(probe()) as spool:
+            results = pipeline.scan(spool, one)
+        for line, key in (
+            (spam_line(results.spam, one.spamd), ("spamd", one.spamd.servers)),
+            (virus_line(results.virus, one.clamd), ("clamd", one.clamd.servers)),
+        ):
+            if key not in asked:
+                asked.add(key)
+                yield line
+        if versioned is None and not isinstance(results.virus, ScanFailure):
+            versioned = one.clamd
+    if versioned is None:
         return  # its FAIL line says why; the version would not answer either
     try:
-        answer = clamav_version(config.clamd)
+        answer = clamav_version(versioned)
     except (OSError, subprocess.SubprocessError) as exc:
         yield Line(Status.WARN, "signatures", f"age unknown: cannot ask ClamAV its version: {exc}", "read ClamAV's log")
         return
@@ -353,6 +382,22 @@ def folder_line(subject: str, path: str) -> Line:
         return Line(Status.OK, subject, f"{path} is writable")
     fix = f"make it a folder the filter's user can write: install -d -o mailfilter -m 0700 {path}"
     return Line(Status.FAIL, subject, f"{path}: {reason}", fix)
+
+
+def store_line(subject: str, dsn: str) -> Line:
+    """A PostgreSQL store: reachable, and its schema at this mailfilter's version."""
+    from .. import pg
+
+    try:
+        found = pg.check(dsn)
+    except ImportError:
+        return Line(Status.FAIL, subject, "psycopg is not installed", "install mailfilter with its dependencies (psycopg[binary])")
+    except pg.DatabaseError as exc:
+        return Line(Status.FAIL, subject, str(exc), "start PostgreSQL or correct the DSN (its password belongs in ~/.pgpass)")
+    if found != pg.SCHEMA_VERSION:
+        fix = "run `mailfilter db init`" if found == 0 else "run `mailfilter db upgrade`"
+        return Line(Status.FAIL, subject, f"{pg.where(dsn)}: schema version {found}, this mailfilter needs {pg.SCHEMA_VERSION}", fix)
+    return Line(Status.OK, subject, f"{pg.where(dsn)}: schema version {found}")
 
 
 def sendmail_line(argv: tuple[str, ...]) -> Line:
@@ -426,12 +471,20 @@ def checks(config: Config, environ: Mapping[str, str], now: datetime) -> Iterato
     """Every check after the config's, in order; each line as soon as it is known."""
     yield user_line(os.geteuid())
     yield from scanner_lines(config, now)
-    yield folder_line("quarantine", config.quarantine.dir)
+    if config.quarantine.store:
+        yield store_line("quarantine store", config.quarantine.store)
+    else:
+        yield folder_line("quarantine", config.quarantine.dir)
     yield folder_line("state", config.report.state_dir)
     if config.report.journal_dir:
         yield folder_line("journal", config.report.journal_dir)
+    if config.report.journal_store:
+        yield store_line("journal store", config.report.journal_store)
     yield sendmail_line(config.delivery.sendmail)
     yield worker_line(config, environ)
+    from .smtpcheck import smtp_lines  # here: it imports Line and Status from this module
+
+    yield from smtp_lines(config, environ)
     yield from limit_lines(config, environ)
     yield from clamd_limit_lines(config)
 

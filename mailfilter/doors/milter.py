@@ -216,9 +216,9 @@ class MailfilterMilter(Milter.Base):
         action = _milter_action(decision, self.config)
         quarantine_id = None
         if action == "quarantine":  # the one slow step a DISCARD must wait for: bounded
-            meta, folder = quarantine.describe(envelope, spool, results, decision), self.config.quarantine.dir
+            meta, store = quarantine.describe(envelope, spool, results, decision), quarantine.open_store(self.config.quarantine)
             try:
-                quarantine_id = bounded(lambda: quarantine.store(spool, meta, folder), STORE_ALLOWANCE, "quarantine store")
+                quarantine_id = bounded(lambda: store.store(spool, meta), STORE_ALLOWANCE, "quarantine store")
             except StoreTimeout as exc:
                 LOG.error("%s: message deferred (the entry may still appear; the client's retry then makes a second one)", exc)
                 self.setreply(*TEMPFAIL_REPLY, "mailfilter: quarantine busy, try again later")

@@ -341,7 +341,7 @@ def filter_message(
             reinject.reinject(_rewritten(spool, decision.headers), envelope, config.delivery)
         else:
             meta = quarantine.describe(envelope, spool, outcome.results, decision)
-            quarantine_id = quarantine.store(spool, meta, config.quarantine.dir)
+            quarantine_id = quarantine.open_store(config.quarantine).store(spool, meta)
         # Sealed: from here on nothing may turn this message into a deferral.
 
     head = _head(spool)  # the door closes SPOOL before the bookkeeping runs
