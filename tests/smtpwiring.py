@@ -188,6 +188,7 @@ class DoorProcess:
         sections["metrics"] = {"listen": ""}
         self.config = write_config(folder / "mailfilter.toml", sections)
         self.proc: subprocess.Popen | None = None
+        self.environ: dict[str, str] = {}  # more environment (NOTIFY_SOCKET)
 
     def start(self) -> DoorProcess:
         postfix = self.postfix
@@ -196,6 +197,7 @@ class DoorProcess:
             "MAILFILTER_CONFIG": str(self.config),
             "MAIL_CONFIG": str(postfix.config_dir),
             "TMPDIR": str(postfix.filter_dir / "tmp"),
+            **self.environ,
         }
         with open(postfix.filter_dir / "door.out", "ab") as out:
             self.proc = subprocess.Popen(

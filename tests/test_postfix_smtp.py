@@ -6,7 +6,10 @@ quarantined, 4xx (queued, retried, delivered once) for every failure, nothing lo
 from __future__ import annotations
 
 import json
+import os
+import signal
 import smtplib
+import socket
 from email import message_from_bytes
 
 import pytest
@@ -157,3 +160,27 @@ def test_8bit_and_smtputf8_mail_passes_unchanged(wiring):
     assert (delivery.sender, delivery.recipients) == ("jörg@exämple.org", ("bøb@exämple.net",))
     assert delivery.data.endswith(raw)
     assert message_from_bytes(delivery.data).get_all("X-Virus-Status") == ["Clean"]
+
+
+def test_sigterm_lets_the_message_in_flight_finish_and_systemd_is_told(wiring):
+    postfix, door, spamd, _ = wiring
+    door.kill()
+    path = postfix.filter_dir / "notify.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify:
+        notify.bind(str(path))
+        os.chown(path, postfix.pipe_user.pw_uid, -1)  # the door runs as the pipe user
+        notify.settimeout(30)
+        door.environ = {"NOTIFY_SOCKET": str(path)}
+        door.start()
+        assert notify.recv(100) == b"READY=1"
+        spamd.hold = 2.0  # the scan takes a while: SIGTERM comes while the door has the message
+        spamd.connected.clear()
+        queue_id = send(postfix, corpus.clean())
+        assert spamd.connected.wait(30)
+        os.kill(door.proc.pid, signal.SIGTERM)
+        assert notify.recv(100) == b"STOPPING=1"
+        assert door.proc.wait(30) == 0
+    postfix.sink.wait(1)
+    [delivery] = settle(postfix)  # finished within the grace, answered 250: delivered once, not deferred
+    assert delivery.recipients == (RECIPIENT,)
+    assert f"{queue_id}: to=<{RECIPIENT}>, relay=127.0.0.1[127.0.0.1]:{postfix.door_port}" in postfix.maillog()
