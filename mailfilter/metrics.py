@@ -136,7 +136,17 @@ def _count(value: Any) -> bool:
 
 
 def quarantine_usage(folder: str) -> tuple[int, int]:
-    """(messages, bytes) held in the quarantine; hidden temporary files are not counted."""
+    """(messages, bytes) held in the quarantine FOLDER, or in the PostgreSQL store when FOLDER is its URI
+    ([quarantine] store or dir, as held_at() gives it); hidden temporary files are not counted. A store that
+    cannot be read counts (0, 0), as a folder that cannot be listed does."""
+    if folder.startswith(("postgresql://", "postgres://")):
+        from .actions.pgstore import PgStore
+        from .actions.quarantine import QuarantineError
+
+        try:
+            return PgStore(folder).usage()
+        except QuarantineError:
+            return 0, 0
     count = size = 0
     try:
         entries = list(os.scandir(folder))
@@ -161,6 +171,11 @@ def render(tally: Tally, gauges: dict[str, tuple[str, float]]) -> str:
     for name, (text, value) in gauges.items():
         lines += [f"# HELP {PREFIX}_{name} {text}", f"# TYPE {PREFIX}_{name} gauge", f"{PREFIX}_{name} {_number(value)}"]
     return "\n".join(lines) + "\n"
+
+
+def held_at(quarantine: Any) -> str:
+    """Where [quarantine] keeps held mail, for quarantine_usage(): the store's URI, else the folder."""
+    return quarantine.store or quarantine.dir
 
 
 def quarantine_gauges(folder: str) -> dict[str, tuple[str, float]]:
@@ -337,7 +352,7 @@ def account(entry: dict[str, Any], config: Any, logger: Any, tally: Tally | None
         if tally is not None:
             tally.observe(entry)
         elif config.metrics.textfile:
-            warning = add_to_textfile(config.metrics.textfile, config.report.state_dir, entry, config.quarantine.dir)
+            warning = add_to_textfile(config.metrics.textfile, config.report.state_dir, entry, held_at(config.quarantine))
             if warning:
                 _log(logger, "warning", "metrics: %s", warning)
     except BaseException as exc:  # noqa: BLE001 - logged; the message's fate is sealed

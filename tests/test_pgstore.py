@@ -122,6 +122,20 @@ def test_a_virus_through_the_pipe_is_in_the_store_and_the_tools_work_on_it(real_
     assert cli_run(path, "quarantine", "list").output == ""
 
 
+def test_the_quarantine_gauges_count_the_store(real_config, ready, tmp_path):
+    """The textfile's quarantine gauges (and the milter's) count the PostgreSQL store, not the unused folder."""
+    prom = tmp_path / "mailfilter.prom"
+    path = real_config(quarantine={"store": ready, "dir": str(tmp_path / "never")}, report={"admin": ""}, metrics={"textfile": str(prom)})
+    raws = [corpus.eicar_attached(), corpus.eicar_attached()]
+    for raw in raws:
+        assert run_pipe(path, raw)[0] == 0
+    config = configmod.load(path)
+    assert metrics.quarantine_usage(metrics.held_at(config.quarantine)) == (2, sum(len(raw) for raw in raws))
+    text = prom.read_text()
+    assert "mailfilter_quarantine_messages 2" in text and f"mailfilter_quarantine_bytes {sum(len(r) for r in raws)}" in text
+    assert metrics.quarantine_usage(dead_dsn()) == (0, 0)  # unreachable: counted as an unreadable folder is
+
+
 def test_store_unreachable_defers_what_must_be_held_and_delivers_the_rest(real_config, sendmail):
     path = real_config(quarantine={"store": dead_dsn()}, report={"admin": ""})
     started = time.monotonic()

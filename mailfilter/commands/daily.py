@@ -246,7 +246,7 @@ def _events(config: Config, since: datetime, until: datetime) -> tuple[list[dict
 def _usage(config: Config) -> tuple[int, int]:
     """(messages, bytes) held in the quarantine the config names."""
     if not config.quarantine.store:
-        return metrics.quarantine_usage(config.quarantine.dir)
+        return metrics.quarantine_usage(metrics.held_at(config.quarantine))
     from ..actions.quarantine import QuarantineError, open_store
 
     try:

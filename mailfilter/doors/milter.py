@@ -396,7 +396,7 @@ def serve(config: Config, socket_spec: str | None = None) -> int:
     DAEMON_LOG.info("listening on %s", spec)
     if config.metrics.listen:
         try:
-            metrics.serve(config.metrics.listen, tally, lambda: in_flight.count, config.quarantine.dir)
+            metrics.serve(config.metrics.listen, tally, lambda: in_flight.count, metrics.held_at(config.quarantine))
         except OSError as exc:
             raise ServeError(f"cannot serve metrics on {config.metrics.listen}: {exc.strerror or exc}") from None
         DAEMON_LOG.info("metrics on http://%s/metrics", config.metrics.listen)

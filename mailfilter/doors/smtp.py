@@ -108,7 +108,7 @@ async def run(config: Config, listen: str, stop: asyncio.Event, ready: Callable[
     LOG.info("smtp door listening on %s, reinjecting into %s", listen, config.smtp.reinject)
     if config.metrics.listen:
         try:
-            metrics.serve(config.metrics.listen, tally, lambda: door.in_flight.count, config.quarantine.dir)
+            metrics.serve(config.metrics.listen, tally, lambda: door.in_flight.count, metrics.held_at(config.quarantine))
         except OSError as exc:
             server.close()
             runner.close()
