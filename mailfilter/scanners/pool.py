@@ -6,7 +6,8 @@ seconds and the message goes to the next server, with what is left of the messag
 fairly among the servers not yet tried (a server that accepts and never answers cannot eat the time of
 the others). A server that answered is never asked again for the same message. A server marked down
 gets mail again only after it answered a cheap health check (PING); when every server is marked down,
-each is pinged before it is tried, so a pool of one behaves as the single server always did.
+each is pinged before it is tried. A pool of one (host/port or socket, no servers) is the single server as
+it always was: tried for every message, never pinged, its failures in its own words.
 Only when no server could answer does the caller's on_error apply (its outcome is the last failure).
 
 Pools live for the process (the milter and the worker keep theirs across messages; a `pipe` process has
@@ -166,7 +167,7 @@ class Pool:
             left = deadline - time.monotonic()
             if left <= 0:
                 break
-            if member.down_until and not self._healthy(member, min(left, PING_TIMEOUT)):
+            if member.down_until and len(order) > 1 and not self._healthy(member, min(left, PING_TIMEOUT)):
                 failure = failure or ScanFailure(self.scanner, Cause.UNAVAILABLE, f"{member.server.label} is down (no answer to PING)")
                 continue
             budget = (deadline - time.monotonic()) / (len(order) - index)
@@ -174,7 +175,7 @@ class Pool:
                 failovers += 1
             outcome = self._try(member, attempt, budget)
             if isinstance(outcome, ScanFailure) and outcome.cause in FAILOVER_CAUSES:
-                failure = dataclasses.replace(outcome, text=f"{member.server.label}: {outcome.text}")
+                failure = dataclasses.replace(outcome, text=f"{member.server.label}: {outcome.text}") if len(order) > 1 else outcome
                 continue
             self._note(member.server.label, failovers)
             return outcome
