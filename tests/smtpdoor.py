@@ -39,6 +39,8 @@ class Behaviour:
     data_started: threading.Event = field(default_factory=threading.Event)  # a DATA command came
     hang_up_after: bool = False  # close each connection after its message (an smtpd_timeout on an idle one)
     connections: int = 0
+    hold_answer: threading.Event | None = None  # set it to let the fake answer a final dot it has read
+    dot_seen: threading.Event = field(default_factory=threading.Event)  # a final dot came
 
 
 class _Session(socketserver.StreamRequestHandler):
@@ -83,6 +85,9 @@ class _Session(socketserver.StreamRequestHandler):
                 if not data:
                     behaviour.lost.append(mail)
                     return
+                behaviour.dot_seen.set()
+                if behaviour.hold_answer is not None:
+                    behaviour.hold_answer.wait(30)
                 self.send(behaviour.end_of_data)
                 if behaviour.end_of_data.startswith("2"):
                     fake.record(Taken(xforward, mail, rcpts, b"".join(lines)))

@@ -162,6 +162,72 @@ def test_a_client_that_hangs_up_gets_nothing_reinjected(door_for):
         assert behaviour.lost == [f"MAIL FROM:<{SENDER}>"] and smtpd.taken == []
 
 
+def hang_up_after_the_dot(door, raw: bytes, behaviour: Behaviour) -> None:
+    """Send RAW, and hang up once the reinjecting smtpd has our final dot but not yet answered it: the moment where
+    the message is reinjected and Postfix never hears so (the door killed or the connection cut right there)."""
+    client = door.client()
+    assert client.docmd(XFORWARD)[0] == 250 and client.mail(SENDER)[0] == 250 and client.rcpt(RECIPIENT)[0] == 250
+    client.putcmd("data")
+    assert client.getreply()[0] == 354
+    client.send(crlf(raw) + b".\r\n")
+    assert behaviour.dot_seen.wait(30)
+    client.close()
+
+
+def sealed_lines(tmp_path) -> list[str]:
+    return (tmp_path / "state" / "smtp-sealed.log").read_text().splitlines()
+
+
+@pytest.mark.parametrize("restart", [False, True], ids=["same-door", "door-restarted"])
+def test_a_retry_of_a_reinjected_message_whose_answer_was_lost_is_not_reinjected_again(door_for, tmp_path, restart):
+    """RFC 1047's window: Postfix retries what the reinjecting smtpd already took. The door answers 250 from its
+    ledger, and the message goes out once, also when the door was restarted (killed) in between."""
+    behaviour = Behaviour(hold_answer=threading.Event())
+    with FakeSmtpd(behaviour) as smtpd:
+        door = door_for(smtpd)
+        hang_up_after_the_dot(door, corpus.clean(), behaviour)
+        behaviour.hold_answer.set()
+        smtpd.wait(1)
+        deadline = time.monotonic() + 20
+        while not any(line.startswith("S ") for line in sealed_lines(tmp_path)) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        if restart:
+            door.stop()
+            door = door_for(smtpd)
+        with door.client() as client:
+            code, text = transaction(client, corpus.clean())  # Postfix's retry: the same bytes, envelope and queue id
+            assert code == 250 and "already done, not again (250 2.0.0 mailfilter: clean, reinjected: 250 2.0.0 Ok" in text, text
+            code, text = transaction(client, corpus.clean(), rcpts=("carol@example.net",))  # another message: delivered
+            assert code == 250 and "mailfilter: clean, reinjected" in text, text
+        assert len(smtpd.wait(2)) == 2 and smtpd.taken[1].rcpts == ["RCPT TO:<carol@example.net>"]
+        door.stop()
+        [sealed] = [line.split()[2] for line in sealed_lines(tmp_path) if line.startswith("S ")][:1]
+        assert f"A {sealed}" in sealed_lines(tmp_path)  # answered at last: a third try would be scanned anew
+
+
+def test_a_quarantined_message_whose_answer_was_lost_is_held_once(door_for, tmp_path):
+    """The quarantine entry durable is a sealed fate too: killed before the 250, the retry is not held twice."""
+    raw = corpus.eicar_attached()
+    with FakeSmtpd() as smtpd:
+        door = door_for(smtpd)
+        with door.client() as client:
+            code, text = transaction(client, raw)
+        assert code == 250 and "virus, quarantined as" in text, text
+        door.stop()
+        [held] = list((tmp_path / "quarantine").glob("*.json"))
+        [sealed] = [line for line in sealed_lines(tmp_path) if line.startswith("S ")]
+        assert sealed.endswith(f"250 {text}") and held.stem in text
+        answered = f"A {sealed.split()[2]}"
+        assert answered in sealed_lines(tmp_path)
+        # As if the door had been killed between the entry being durable and its 250: the answered line is missing.
+        (tmp_path / "state" / "smtp-sealed.log").write_text(sealed + "\n")
+        door = door_for(smtpd)
+        with door.client() as client:
+            code, text = transaction(client, raw)
+        assert code == 250 and "already done, not again" in text and held.stem in text, text
+        assert list((tmp_path / "quarantine").glob("*.json")) == [held] and smtpd.taken == []
+
+
 def test_one_session_more_than_max_clients_is_told_421(door_for):
     with FakeSmtpd() as smtpd:
         door = door_for(smtpd, max_clients=1)

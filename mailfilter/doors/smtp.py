@@ -28,6 +28,7 @@ from ..config import Config
 from ..daemon import notify
 from . import smtpfilter
 from .milterreply import AfterReply
+from .smtpledger import Ledger, LedgerError
 from .smtpreinject import Pool, split_address
 from .smtpserver import DoorState, FilterSMTP
 
@@ -88,9 +89,18 @@ async def run(config: Config, listen: str, stop: asyncio.Event, ready: Callable[
     loop = asyncio.get_running_loop()
     tally = metrics.Tally()
     runner = pipeline.Runner()
+    try:
+        ledger = Ledger(config.report.state_dir)
+    except LedgerError as exc:
+        runner.close()
+        raise ServeError(str(exc)) from None
+    if ledger.unsure:
+        LOG.warning("%d message(s) reinjected by the last run got no answer: their retries may arrive twice", ledger.unsure)
+    if ledger.recovered:
+        LOG.warning("%d message(s) sealed by the last run may have lost their answer: a retry is answered, not delivered", ledger.recovered)
     pool = Pool(config.smtp.reinject, config.smtp.timeout, size=config.smtp.max_clients)
     after = AfterReply()
-    door = DoorState(smtpfilter.Dependencies(config, runner, pool, tally), after)
+    door = DoorState(smtpfilter.Dependencies(config, runner, pool, tally, ledger), after)
     host, port = split_address(listen)
     options = {
         "data_size_limit": config.smtp.max_size,
@@ -104,6 +114,7 @@ async def run(config: Config, listen: str, stop: asyncio.Event, ready: Callable[
         server = await loop.create_server(lambda: FilterSMTP(door, **options), host, port, reuse_address=True)
     except OSError as exc:
         runner.close()
+        ledger.close()
         raise ServeError(f"cannot listen on {listen}: {exc.strerror or exc}") from None
     LOG.info("smtp door listening on %s, reinjecting into %s", listen, config.smtp.reinject)
     if config.metrics.listen:
@@ -112,6 +123,7 @@ async def run(config: Config, listen: str, stop: asyncio.Event, ready: Callable[
         except OSError as exc:
             server.close()
             runner.close()
+            ledger.close()
             raise ServeError(f"cannot serve metrics on {config.metrics.listen}: {exc.strerror or exc}") from None
         LOG.info("metrics on http://%s/metrics", config.metrics.listen)
     try:
@@ -123,6 +135,7 @@ async def run(config: Config, listen: str, stop: asyncio.Event, ready: Callable[
         runner.close()
         pool.close()
         door.executor.shutdown(wait=False, cancel_futures=True)
+        ledger.close()
     return 0
 
 

@@ -11,6 +11,8 @@ quarantine store, admin report, journal and metrics; only the translation is thi
 Where the fate is sealed: the reinjecting smtpd's 2xx to our final dot, or the quarantine entry being
 durable. Before that point every failure is a 451 4.3.0 (filter()'s one catch); after it the answer is 250,
 whatever the bookkeeping meets (it runs after the reply, on the AfterReply thread, and never raises).
+The sealed fate is written to the ledger (smtpledger) at once, so that Postfix's retry of a message whose
+250 it never got is answered from there, not reinjected or quarantined again.
 The policy has one action per message today; per-recipient groups (issue 12) will change only act().
 """
 
@@ -28,6 +30,8 @@ from ..actions import quarantine, report
 from ..config import Config
 from ..model import Action, Envelope, Verdict
 from ..spool import Spool
+from . import smtpledger
+from .smtpledger import Ledger
 from .smtpreinject import Pool, ReinjectError, Transaction
 
 LOG = logging.getLogger(log.LOGGER)
@@ -53,10 +57,12 @@ class Received:
 
 @dataclass(frozen=True)
 class Answer:
-    """The reply to end-of-data, and the bookkeeping to run once it is given (never raises)."""
+    """The reply to end-of-data, and the bookkeeping to run once it is given (never raises).
+    SEALED: the ledger key of a message whose fate is sealed: marked answered once the reply is handed over."""
 
     reply: str
     after: Callable[[], None] | None = None
+    sealed: str | None = None
 
 
 @dataclass(frozen=True)
@@ -67,6 +73,7 @@ class Dependencies:
     runner: pipeline.Runner
     pool: Pool
     tally: metrics.Tally | None = None
+    ledger: Ledger | None = None
 
 
 def reply(code: int, status: tuple[int, int, int], text: str) -> str:
@@ -94,9 +101,16 @@ def filter_message(received: Received, deps: Dependencies, waiting: Callable[[],
 
     Blocking (a thread of the door's executor); the spool is closed by the bookkeeping, or here on failure."""
     queue_id = received.envelope.queue_id or "NOQUEUE"
+    message_key = smtpledger.key(received.envelope, received.data) if deps.ledger else None
+    first = deps.ledger.sealed(message_key) if deps.ledger and message_key else None
+    if first is not None:  # Postfix retries a message whose first answer it never got: it is not reinjected again
+        LOG.warning("%s: a retry of a message sealed before (its answer was lost), not delivered again: %s", queue_id, first)
+        return Answer(reply(250, (2, 0, 0), f"mailfilter: already done, not again ({first})"), sealed=message_key)
+    if deps.ledger and message_key and deps.ledger.dot_unanswered(message_key):
+        LOG.warning("%s: a retry of a message whose reinjection got no answer: delivered again, perhaps a duplicate", queue_id)
     spool = Spool.of(received.data)
     try:
-        return act(received, spool, deps, waiting, started)
+        return act(received, spool, deps, waiting, started, message_key)
     except BaseException as exc:  # before the seal every failure is a deferral, never a 250
         spool.close()
         text, unexpected = failure_reply(exc)
@@ -107,7 +121,9 @@ def filter_message(received: Received, deps: Dependencies, waiting: Callable[[],
         return Answer(text)
 
 
-def act(received: Received, spool: Spool, deps: Dependencies, waiting: Callable[[], None], started: float) -> Answer:
+def act(
+    received: Received, spool: Spool, deps: Dependencies, waiting: Callable[[], None], started: float, message_key: str | None = None
+) -> Answer:
     config, envelope = deps.config, received.envelope
     queue_id = envelope.queue_id or "NOQUEUE"
     outcome = deps.runner.run(spool, config)
@@ -119,13 +135,25 @@ def act(received: Received, spool: Spool, deps: Dependencies, waiting: Callable[
     quarantine_id = reinjected = None
     if decision.action is Action.DELIVER:
         transaction = Transaction(envelope.sender, envelope.recipients, received.xforward, received.eight_bit, received.smtputf8)
-        reinjected = deps.pool.deliver(transaction, message.rewritten(spool, decision.headers), gate=waiting)
+
+        def gate() -> None:  # right before the final dot: the point of no return
+            waiting()
+            note(deps, "dot", message_key)
+
+        try:
+            reinjected = deps.pool.deliver(transaction, message.rewritten(spool, decision.headers), gate=gate)
+        except ReinjectError as exc:
+            if not exc.maybe_taken:
+                note(deps, "answered", message_key)  # refused outright (or never sent): nothing of it was taken
+            raise
         answer = reply(250, (2, 0, 0), f"mailfilter: {decision.verdict.value}, reinjected: {reinjected}")
+        note(deps, "seal", message_key, answer)
     elif decision.action is Action.QUARANTINE:
         waiting()
         meta = quarantine.describe(envelope, spool, outcome.results, decision)
         quarantine_id = quarantine.open_store(config.quarantine).store(spool, meta)
         answer = reply(250, (2, 0, 0), f"mailfilter: {decision.verdict.value}, quarantined as {quarantine_id}")
+        note(deps, "seal", message_key, answer)
     elif decision.action is Action.REJECT:
         text = decision.dsn.text if decision.dsn else f"message rejected ({decision.verdict.value})"
         answer = reply(554 if decision.verdict is Verdict.VIRUS else 550, (5, 7, 1), f"mailfilter: {text}")
@@ -140,7 +168,19 @@ def act(received: Received, spool: Spool, deps: Dependencies, waiting: Callable[
         finally:
             spool.close()
 
-    return Answer(answer, after)
+    sealed = message_key if decision.action in (Action.DELIVER, Action.QUARANTINE) and deps.ledger else None
+    return Answer(answer, after, sealed)
+
+
+def note(deps: Dependencies, what: str, message_key: str | None, *args: str) -> None:
+    """One ledger line (dot, seal, answered). A ledger that cannot be written is logged, never raised: the
+    message goes on (a lost answer could then mean a duplicate, never a loss)."""
+    if deps.ledger is None or message_key is None:
+        return
+    try:
+        getattr(deps.ledger, what)(message_key, *args)
+    except OSError as exc:
+        LOG.error("the sealed-message ledger cannot be written (a lost answer could mean a duplicate): %s", exc)
 
 
 def bookkeeping(
