@@ -9,8 +9,8 @@ A client that gets a 4xx sends again, as an MTA would; deferred mail is flushed 
 
 Then: every ham and spam message delivered exactly once, no virus delivered, every virus in the one
 quarantine exactly once; and a virus quarantined through MX 1 and released from MX 2 arrives once with
-its original bytes. The issue asks for 500 messages; 150 keep this test near half a minute on two
-loaded cores (the pipe wiring starts a Python process per message).
+its original bytes. 500 messages, as the issue asks (about two minutes on two cores: the pipe wiring
+starts a Python process per message).
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ pytestmark = [
     requires_root,
     pytest.mark.skipif(not pgcluster.available(), reason="needs Debian's postgresql (scripts/setup)"),
 ]
-MESSAGES = 150
+MESSAGES = 500
 KINDS = ("ham", "spam", "virus")
 SENDER, RECIPIENT = "alice@example.org", "bob@example.net"
 SETTLE = 240.0  # seconds for both queues to drain after the last message was accepted

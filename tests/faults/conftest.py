@@ -55,7 +55,7 @@ class Summary:
 SUMMARY = Summary(os.environ.get(SUMMARY_ENV, ""))
 HEADLINE = (
     "sent attempts accepted refused_4xx refused_5xx given_up_after_4xx delivered quarantined admin_reports "
-    "lost duplicated viruses_delivered wrong_verdict unscanned_or_mislabelled strays"
+    "lost duplicated duplicated_rfc1047_window viruses_delivered wrong_verdict unscanned_or_mislabelled strays"
 ).split()
 
 

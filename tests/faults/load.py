@@ -26,7 +26,7 @@ from postfix import HOST, Delivery
 SENDER = "alice@example.org"
 RECIPIENTS = ("bob@example.net", "carol@example.net")
 ADMIN = "admin@example.net"
-TOKEN = re.compile(rb"FLT-[0-9a-f]{8}-(?:pipe|milter|worker)-\d{5}")
+TOKEN = re.compile(rb"FLT-[0-9a-f]{8}-(?:pipe|milter|worker|smtp)-\d{5}")
 CONNECT_TIMEOUT = 60.0  # smtplib's timeout for every command; the milter answers within its scanners' timeouts
 
 

@@ -49,8 +49,8 @@ TWO_RECIPIENTS = 0.1  # fraction of messages with a second recipient
 CLIENT_THREADS = 4
 PER_CONNECTION = 3  # messages per SMTP connection
 # Deadlines, so that the whole of tests/faults stays under 8 minutes on 2 cores (each test fails beyond its own):
-LOAD_SECONDS = {"pipe": 260.0, "milter": 150.0, "worker": 240.0}  # the load with the chaos, until every message met it
-DRAIN_SECONDS = {"pipe": 120.0, "milter": 30.0, "worker": 120.0}  # then flushing the queue until it is empty
+LOAD_SECONDS = {"pipe": 260.0, "milter": 150.0, "worker": 240.0, "smtp": 180.0}  # the load with the chaos, until every message met it
+DRAIN_SECONDS = {"pipe": 120.0, "milter": 30.0, "worker": 120.0, "smtp": 90.0}  # then flushing the queue until it is empty
 CHAOS_PAUSE = (1.0, 6.0)  # seconds between two faults
 CHAOS_OUTAGE = (0.1, 1.5)  # seconds a fault lasts before its repair
 # The worker wiring: [pipe] deadline short enough that spamd held for a while, or a slow sendmail, outlast it.
