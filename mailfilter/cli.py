@@ -15,8 +15,10 @@ from . import config as configmod
 from .commands.check import check
 from .commands.daily import report
 from .commands.db import db
+from .commands.digest import digest
 from .commands.learn import learn
 from .commands.quarantine import quarantine
+from .commands.web import web
 
 
 class Context:
@@ -159,6 +161,8 @@ cli.add_command(quarantine)
 cli.add_command(report)
 cli.add_command(db)
 cli.add_command(learn)
+cli.add_command(web)
+cli.add_command(digest)
 
 
 @cli.command("config")

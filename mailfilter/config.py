@@ -260,6 +260,19 @@ class SmtpConfig:
     grace: float = _key(30.0, "seconds to let messages in flight finish after SIGTERM", _seconds())
 
 
+def _url_or_empty(value: Any) -> str | None:
+    return None if value == "" or value.startswith(("https://", "http://")) else "must be an http(s):// URL (or '')"
+
+
+@dataclass(frozen=True)
+class WebConfig:
+    listen: str = _key("127.0.0.1:8026", "`mailfilter web`: HOST:PORT of the quarantine console", _listen)
+    users_file: str = _key("/etc/mailfilter/web-users", "console users and their argon2id hashes (`mailfilter web adduser`)", _absolute)
+    secret_file: str = _key("/var/lib/mailfilter/web-secret", "the key of release links and sessions (made 0600 when missing)", _absolute)
+    public_url: str = _key("", "the console's URL as recipients reach it, for digest links ('' : no links)", _url_or_empty)
+    link_days: int = _key(14, "days a digest's release link stays valid", _count(366))
+
+
 @dataclass(frozen=True)
 class LogConfig:
     syslog: bool = _key(True, "log to syslog facility mail under `pipe` (the CLI logs to stderr)")
@@ -279,6 +292,7 @@ class Config:
     milter: MilterConfig = field(default_factory=MilterConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     smtp: SmtpConfig = field(default_factory=SmtpConfig)
+    web: WebConfig = field(default_factory=WebConfig)
     log: LogConfig = field(default_factory=LogConfig)
     source: str = "(defaults)"
 

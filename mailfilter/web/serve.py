@@ -38,6 +38,11 @@ def serve(config: Config) -> int:
 
     refuse_root()
     host, port = split(config.web.listen)
-    application = app.create(config, secure=not loopback(host))
+    from .secret import SecretError
+
+    try:
+        application = app.create(config, secure=not loopback(host))
+    except SecretError as exc:
+        raise ServeError(f"the console's key: {exc}") from None
     uvicorn.run(application, host=host, port=port, log_config=None, access_log=False, server_header=False, proxy_headers=False)
     return 0

@@ -1,7 +1,4 @@
-"""The console over HTTP (Starlette's test client on the real app): sessions, CSRF, headers, escaping, release, links.
-
-PENDING: named so that pytest does not collect it until [web] is back in config.py and the web dependencies in pyproject.toml.
-"""
+"""The console over HTTP (Starlette's test client on the real app): sessions, CSRF, headers, escaping, release, links."""
 
 from __future__ import annotations
 
