@@ -303,3 +303,49 @@ def test_check_says_to_run_db_init(dsn):
 def test_config_refuses_a_store_that_is_not_a_postgresql_uri():
     with pytest.raises(configmod.ConfigError, match=r"\[quarantine\] store: must be a PostgreSQL URI"):
         configmod.from_dict({"quarantine": {"store": "mysql://x"}})
+
+
+def test_the_console_and_a_digest_link_work_over_the_postgresql_store(real_config, ready, sendmail, tmp_path):
+    import json
+    import re
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from starlette.testclient import TestClient
+
+    from mailfilter import config as configmod
+    from mailfilter.web import app as webapp
+    from mailfilter.web import users
+
+    web = {"users_file": str(tmp_path / "users"), "secret_file": str(tmp_path / "state" / "secret"), "public_url": "https://mx.example.net"}
+    path = real_config(quarantine={"store": ready, "spam_score": 5.0}, web=web)
+    for raw in (corpus.gtube(), corpus.eicar_attached()):
+        status, out = run_pipe(path, raw)
+        assert status == 0, out
+    config = configmod.load(path)
+    users.add(config.web.users_file, "admin", "correct horse")
+    client = TestClient(webapp.create(config, secure=False), base_url="http://127.0.0.1", follow_redirects=False)
+    token = re.search(r'name="csrf" value="([^"]+)"', client.get("/login").text).group(1)
+    assert client.post("/login", data={"username": "admin", "password": "correct horse", "csrf": token}).status_code == 303
+    good, _bad = qstore.open_store(config.quarantine).entries()
+    by_reason = {e.reason: e.id for e in good}
+    assert sorted(by_reason) == ["spam", "virus"]
+    listing = client.get("/quarantine?reason=virus").text
+    assert by_reason["virus"] in listing and by_reason["spam"] not in listing
+    page = client.get(f"/quarantine/{by_reason['spam']}")
+    assert page.status_code == 200 and "Cheap watches" in page.text
+    before = len(sendmail.calls)
+    result = cli_run(path, "digest", "--json")
+    digests = {d["recipient"]: d["entries"] for d in map(json.loads, result.output.splitlines())}
+    [link] = [e["link"] for e in digests["carol@example.net"] if e["link"]]
+    local = link.replace("https://mx.example.net", "")
+    form = client.get(local)
+    assert form.status_code == 200
+    csrf = re.search(r'name="csrf" value="([^"]+)"', form.text).group(1)
+    assert client.post(local, data={"csrf": csrf}).status_code == 200
+    assert client.post(local, data={"csrf": csrf}).status_code == 410
+    [(argv, data)] = sendmail.calls[before:]
+    assert argv[-2:] == ["--", "carol@example.net"] and b"X-Mailfilter-Released: link:carol@example.net" in data
+    [entry] = [e for e in qstore.open_store(config.quarantine).entries()[0] if e.id == by_reason["spam"]]
+    assert [r.to for r in entry.released] == [("carol@example.net",)]  # recorded in PostgreSQL, seen by every host

@@ -196,3 +196,37 @@ def test_forged_altered_expired_and_foreign_links_are_refused_and_deliver_nothin
         __import__("mailfilter.web.secret", fromlist=["x"]).load(config.web.secret_file), vlink[3:], datetime.now(UTC)))
     assert client.post(vlink, data={"csrf": token}).status_code == 403
     assert not sendmail.calls
+
+
+def hostile_cases():
+    import hostile
+
+    return [case for case in hostile.cases() if not case.name.startswith(("zip-bomb", "gzip-bomb", "size-"))]
+
+
+def test_the_hostile_corpus_lists_and_renders_escaped(console):
+    """Every hostile message held as the filter holds it (metadata from the message itself): the list and each
+    message page answer 200 with nothing of the message able to open a tag, a handler or a remote fetch."""
+    from mailfilter import message as msgmod
+
+    config, client = console
+    login(client)
+    held = []
+    for case in hostile_cases():
+        raw = case.make()
+        if len(raw) > 4 * 1024 * 1024:
+            continue
+        with Spool.of(raw) as spool:
+            parsed = msgmod.parse(spool.read(msgmod.HEAD_LIMIT))
+            meta = {"reason": "spam", "verdict": "spam", "virus_names": [], "spam_score": 9.0, "sender": case.sender,
+                    "recipients": list(case.recipients), "subject": msgmod.subject(parsed), "headers": []}  # fmt: skip
+            held.append((case.name, quarantine.store(spool, meta, config.quarantine.dir)))
+    assert len(held) > 200
+    listing = client.get("/quarantine?page=1")
+    assert listing.status_code == 200 and "<script" not in listing.text.split("</header>")[-1]
+    handler = re.compile(r"<[^>]+\son[a-z]+\s*=", re.I)
+    scheme = re.compile(r"(href|src|action)\s*=\s*[\"']?\s*(javascript|data|vbscript):", re.I)
+    for name, qid in held:
+        page = client.get(f"/quarantine/{qid}")
+        assert page.status_code == 200, name
+        assert "<script" not in page.text.lower() and not handler.search(page.text) and not scheme.search(page.text), name

@@ -50,7 +50,9 @@ class Web:
     templates: jinja2.Environment
 
     def page(self, name: str, code: int = 200, **values: Any) -> HTMLResponse:
-        return HTMLResponse(self.templates.get_template(name).render(**values), status_code=code)
+        text = self.templates.get_template(name).render(**values)
+        # Undecodable bytes of a message reach us as surrogates (surrogateescape): shown as "?", never a 500.
+        return HTMLResponse(text.encode("utf-8", "replace"), status_code=code)
 
     def error(self, status: int, text: str, session: Session | None = None) -> HTMLResponse:
         return self.page("error.html", status, status=status, text=text, session=session)
