@@ -52,6 +52,7 @@ PER_CONNECTION = 3  # messages per SMTP connection
 LOAD_SECONDS = {"pipe": 260.0, "milter": 150.0, "worker": 240.0, "smtp": 180.0}  # the load with the chaos, until every message met it
 DRAIN_SECONDS = {"pipe": 120.0, "milter": 30.0, "worker": 120.0, "smtp": 90.0}  # then flushing the queue until it is empty
 CHAOS_PAUSE = (1.0, 6.0)  # seconds between two faults
+WORKER_PAUSE = (0.5, 3.0)  # the worker's half load takes some 45 s: every fault of its deck must come in that time
 CHAOS_OUTAGE = (0.1, 1.5)  # seconds a fault lasts before its repair
 # The worker wiring: [pipe] deadline short enough that spamd held for a while, or a slow sendmail, outlast it.
 WORKER_DEADLINE = 4.0
@@ -297,7 +298,7 @@ def test_pipe_worker_wiring_under_faults(fault_run_dir, summary):
                 "worker_restarted": (worker.stop, worker.start),
                 "state_corrupted": (lambda: corrupt_state(folder), lambda: None),
             },
-            CHAOS_PAUSE,
+            WORKER_PAUSE,
             WORKER_OUTAGE,
         )
         try:
