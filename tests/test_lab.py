@@ -209,3 +209,19 @@ def test_status_says_what_runs(up):
     shown = json.loads(proc.stdout)
     assert shown["running"]["postfix"] and shown["running"]["dovecot"] and shown["running"]["spamd"]
     assert shown["running"]["milter"] == (up["wiring"] == "milter")
+
+
+BAD_ARGUMENTS = [(["frobnicate"], "invalid choice"), (["up", "--delivery", "mbox"], "invalid choice"), ([], "required")]
+
+
+@pytest.mark.parametrize("args,says", BAD_ARGUMENTS)
+def test_bad_arguments_get_a_clear_error_and_start_nothing(args, says):
+    proc = lab(*args)
+    assert proc.returncode == 2 and says in proc.stderr and "usage: scripts/lab" in proc.stderr
+
+
+def test_adduser_without_a_lab_says_so():
+    if LAB.exists():
+        pytest.skip("a lab is up")
+    proc = lab("adduser", "new@unix.specialist.ru", stdin="a good password\n")
+    assert proc.returncode == 1 and "the lab is not up" in proc.stderr and not LAB.exists()

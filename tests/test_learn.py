@@ -54,7 +54,7 @@ def test_spam_then_ham_changes_the_bayes_counts(make_config, bayes_spamd, tmp_pa
     message.write_bytes(corpus.clean())
     before = counts(run)
     result = learn(make_config, spamd, "spam", str(message))
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 0 and result.output == f"{message}: spam: learnt\n", result.output
     assert counts(run) == {"nspam": before["nspam"] + 1, "nham": before["nham"]}
     result = learn(make_config, spamd, "ham", stdin=message.read_bytes())  # from stdin, as IMAPSieve gives it
     assert result.exit_code == 0, result.output

@@ -4,7 +4,7 @@ Dovecot's IMAPSieve runs it (scripts/lab) when a user moves a message into Junk 
 (ham), with the message on stdin. Each FILE (stdin when none) is read whole and told to spamd with
 TELL; nothing is written anywhere, so a failure never loses or changes a message. Exit 0 when every
 message was told, 2 with one line per failure otherwise (a file that cannot be read, spamd down or
-refusing TELL). Logs only to stderr, whoever runs it.
+refusing TELL). What was learnt goes to stdout, failures to stderr (Dovecot logs a program's stderr as errors).
 """
 
 from __future__ import annotations
@@ -61,6 +61,6 @@ def learn(obj: Context, message_class: str, files: tuple[str, ...]) -> None:
             failed += 1
             continue
         news = "learnt" if learnt.did_set else "nothing new (learnt before, or spamd's Bayes is off)"
-        click.echo(f"{path}: {message_class}: {news}", err=True)
+        click.echo(f"{path}: {message_class}: {news}")  # stdout: Dovecot logs a pipe program's stderr as errors
     if failed:
         sys.exit(2)
