@@ -237,7 +237,7 @@ NOTES = [
     "Milter path: three private Postfix instances (tests/postfix.py, no chroot, loopback only) run side by side, each "
     "relaying to one Postfix smtp-sink; in_flow_delay = 0s and message_size_limit = 60 MB. Between batches the queue is "
     "drained, so no batch pays for the previous one's deliveries. Every milter listens on a unix socket, as mailfilter's "
-    "and Debian's defaults do (over TCP loopback, Postfix and libmilter add some 40 ms to each message). spamass-milter "
+    "and Debian's defaults do (over TCP, mailfilter's listener has TCP_NODELAY: bench/miltertcp.py compares the two). spamass-milter "
     "runs without Debian's `-i 127.0.0.1`, which would skip all mail from localhost; clamav-milter rejects infected mail, "
     "as mailfilter does by default.",
     "Throughput targets use smtp-source's batches (one typical ham); latency targets use the smtplib clients' batches "
