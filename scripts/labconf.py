@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from conftest import write_config
-from postfix import PIPE_GROUP, SETGID_GROUP, filter_venv
+from postfix import CORE_SERVICES, PIPE_GROUP, SETGID_GROUP, filter_venv
 
 DOMAIN = "unix.specialist.ru"
 HOST = "127.0.0.1"
@@ -256,25 +256,7 @@ def write_postfix(lab: Path, st: dict, mailfilter: Path, vmail: pwd.struct_passw
         smtpd += "\n  -o content_filter=mailfilter:dummy"
     services = [
         smtpd,
-        "pickup unix n - n 60 1 pickup",
-        "cleanup unix n - n - 0 cleanup",
-        "qmgr unix n - n 300 1 qmgr",
-        "rewrite unix - - n - - trivial-rewrite",
-        "bounce unix - - n - 0 bounce",
-        "defer unix - - n - 0 bounce",
-        "trace unix - - n - 0 bounce",
-        "verify unix - - n - 1 verify",
-        "flush unix n - n 1000? 0 flush",
-        "proxymap unix - - n - - proxymap",
-        "showq unix n - n - - showq",
-        "smtp unix - - n - - smtp",
-        "relay unix - - n - - smtp",
-        "error unix - - n - - error",
-        "retry unix - - n - - error",
-        "discard unix - - n - - discard",
-        "anvil unix - - n - 1 anvil",
-        "scache unix - - n - 1 scache",
-        "postlog unix-dgram n - n - 1 postlogd",
+        *CORE_SERVICES,
         "virtual unix - n n - - virtual",
         "lmtp unix - - n - - lmtp",
     ]

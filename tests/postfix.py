@@ -182,6 +182,30 @@ def _run(argv: Sequence[str | os.PathLike[str]], check: bool = True) -> subproce
     return proc
 
 
+# master.cf's own services, none chrooted: what every private instance runs besides its smtpd and filters.
+CORE_SERVICES = [
+    "pickup unix n - n 60 1 pickup",
+    "cleanup unix n - n - 0 cleanup",
+    "qmgr unix n - n 300 1 qmgr",
+    "rewrite unix - - n - - trivial-rewrite",
+    "bounce unix - - n - 0 bounce",
+    "defer unix - - n - 0 bounce",
+    "trace unix - - n - 0 bounce",
+    "verify unix - - n - 1 verify",
+    "flush unix n - n 1000? 0 flush",
+    "proxymap unix - - n - - proxymap",
+    "showq unix n - n - - showq",
+    "smtp unix - - n - - smtp",
+    "relay unix - - n - - smtp",
+    "error unix - - n - - error",
+    "retry unix - - n - - error",
+    "discard unix - - n - - discard",
+    "anvil unix - - n - 1 anvil",
+    "scache unix - - n - 1 scache",
+    "postlog unix-dgram n - n - 1 postlogd",
+]
+
+
 class PostfixInstance:
     """A private Postfix in a fresh work folder; start() it with a wiring, close() (or leave the `with`) to remove it all."""
 
@@ -284,27 +308,7 @@ class PostfixInstance:
         services = [smtpd + ("\n  -o content_filter=mailfilter:dummy" if wiring == "content_filter" else "")]
         if submission is not None:
             services.append("\n  ".join([f"{HOST}:{self.submission_port} inet n - n - - smtpd", *submission]))
-        services += [
-            "pickup unix n - n 60 1 pickup",
-            "cleanup unix n - n - 0 cleanup",
-            "qmgr unix n - n 300 1 qmgr",
-            "rewrite unix - - n - - trivial-rewrite",
-            "bounce unix - - n - 0 bounce",
-            "defer unix - - n - 0 bounce",
-            "trace unix - - n - 0 bounce",
-            "verify unix - - n - 1 verify",
-            "flush unix n - n 1000? 0 flush",
-            "proxymap unix - - n - - proxymap",
-            "showq unix n - n - - showq",
-            "smtp unix - - n - - smtp",
-            "relay unix - - n - - smtp",
-            "error unix - - n - - error",
-            "retry unix - - n - - error",
-            "discard unix - - n - - discard",
-            "anvil unix - - n - 1 anvil",
-            "scache unix - - n - 1 scache",
-            "postlog unix-dgram n - n - 1 postlogd",
-        ]
+        services += CORE_SERVICES
         if wiring == "content_filter":
             services.append(
                 f"mailfilter unix - n n - 10 pipe\n  flags=Rq user={PIPE_USER}:{PIPE_GROUP} null_sender=\n  argv={' '.join(argv)}"

@@ -19,6 +19,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 
+import bayes  # noqa: E402
 import labmail  # noqa: E402
 
 import daemons  # noqa: E402
@@ -119,14 +120,7 @@ def quarantined() -> list[dict]:
 
 
 def bayes_counts() -> dict[str, int]:
-    out = subprocess.run(["sa-learn", "--dbpath", str(LAB / "spamd" / "bayes" / "bayes"), "--dump", "magic"],
-                         capture_output=True, text=True, timeout=60).stdout  # fmt: skip
-    counts = {"nspam": 0, "nham": 0}
-    for line in out.splitlines():
-        fields = line.split()
-        if fields and fields[-1] in counts:
-            counts[fields[-1]] = int(fields[2])
-    return counts
+    return bayes.counts(LAB / "spamd" / "bayes" / "bayes")
 
 
 def test_moving_into_junk_teaches_spam_and_out_of_it_ham(up):

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import shutil
-import subprocess
 import tempfile
 from pathlib import Path
 
+import bayes
 import pytest
 from click.testing import CliRunner
 
@@ -31,14 +31,7 @@ def bayes_spamd():
 
 
 def counts(run) -> dict[str, int]:
-    out = subprocess.run(["sa-learn", "--dbpath", str(run / "bayes" / "bayes"), "--dump", "magic"],
-                         capture_output=True, text=True, timeout=60, check=False).stdout  # fmt: skip
-    found = {"nspam": 0, "nham": 0}
-    for line in out.splitlines():
-        fields = line.split()
-        if fields and fields[-1] in found:
-            found[fields[-1]] = int(fields[2])
-    return found
+    return bayes.counts(run / "bayes" / "bayes")
 
 
 def learn(make_config, spamd: dict, *args: str, stdin: bytes = b""):
