@@ -103,7 +103,6 @@ class Runner:
 def preload() -> None:
     """Import now what scanning needs, so that a daemon imports nothing per message (nor after it
     has dropped privileges)."""
-    import aiospamc.client  # noqa: F401 - the package: the request, parser and exceptions spamd.py uses
     import pyclamd  # noqa: F401
 
     from .scanners import clamd, clamscan, spamd  # noqa: F401

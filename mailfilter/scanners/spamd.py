@@ -1,14 +1,17 @@
-"""SpamAssassin through spamd: the SYMBOLS command, aiospamc's request and response, our own connection.
+"""SpamAssassin through spamd: the SYMBOLS command of the SPAMC protocol, our own connection and reader.
 
-scan_blocking() runs in a scanner thread of pipeline.Runner. aiospamc's own Client and
-connection managers are not used: they wrap every request in three nested wait_for() (a task
-each), call loguru and build objects per request, which cost more CPU than the exchange
-itself, and they leave the socket open when a request times out or is cancelled.
+scan_blocking() runs in a scanner thread of pipeline.Runner. aiospamc is not used here: its Client
+wraps every request in three nested wait_for() (a task each), logs through loguru and builds objects
+per request, which cost more CPU than the exchange itself, and importing it (asyncio, loguru, ssl)
+cost a `mailfilter pipe` process some 70 ms before any mail was read. SYMBOLS is one request line,
+one header and the message; the answer a status line, two headers and the names of the tests hit.
+(`mailfilter learn` still uses aiospamc for TELL: nothing in a mail path imports it.)
 """
 
 from __future__ import annotations
 
 import dataclasses
+import re
 import socket
 import time
 
@@ -19,12 +22,17 @@ from . import pool
 CHUNK = 64 * 1024
 
 
-def _quiet_aiospamc() -> None:
-    # aiospamc logs through loguru, whose default sink is stderr; under pipe(8)
-    # stderr ends up in bounce and defer messages, so silence it.
-    from loguru import logger
+STATUS = re.compile(rb"^SPAMD/(\d+)\.(\d+) +(\d+) *(.*)$")
+SPAM = re.compile(r"^\s*(true|false|yes|no)\s*;\s*(-?\d+(?:\.\d+)?)\s*/\s*(-?\d+(?:\.\d+)?)\s*$", re.I)
+ANSWER_TEXT = 200  # characters of an unreadable answer quoted in its failure
 
-    logger.disable("aiospamc")
+
+class ConnectFailed(Exception):
+    """No connection to spamd (its cause is the OSError)."""
+
+
+class BadAnswer(Exception):
+    """spamd's answer could not be read, or spamd answered with an error status."""
 
 
 def truncate(head: bytes) -> bytes:
@@ -43,7 +51,6 @@ def truncate(head: bytes) -> bytes:
 def scan_blocking(message: bytes, config: SpamdConfig) -> SpamOutcome:
     """Blocking, for a thread: one deadline ([spamd] timeout) for the whole pool ([spamd] servers, else the
     single host/port or socket): connecting, sending and reading the answer, failover included."""
-    _quiet_aiospamc()
     request = _request(message)
     servers = pool.members(config.servers, config.host, config.port, config.socket)
 
@@ -126,10 +133,7 @@ def _arm(sock: socket.socket, deadline: float) -> None:
 
 
 def _connection_failed() -> Exception:
-    """What aiospamc's connection managers raise when they cannot connect (its cause is the OSError)."""
-    from aiospamc.exceptions import AIOSpamcConnectionFailed
-
-    return AIOSpamcConnectionFailed()
+    return ConnectFailed()
 
 
 def _request(message: bytes) -> bytes:
@@ -140,45 +144,58 @@ def _request(message: bytes) -> bytes:
     scan), and scores both forms the same (tests/test_scanners_real.py). A bare CR
     is left as it is.
     """
-    from aiospamc.requests import Request
-
-    return bytes(Request("SYMBOLS", body=message.replace(b"\r\n", b"\n")))
+    body = message.replace(b"\r\n", b"\n")
+    return b"SYMBOLS SPAMC/1.5\r\nContent-length: %d\r\n\r\n" % len(body) + body
 
 
 def _report(answer: bytes) -> SpamOutcome:
-    """spamd's ANSWER read as aiospamc's Client reads it: BadResponse when unreadable, a ResponseException unless EX_OK."""
-    from aiospamc.exceptions import BadResponse
-    from aiospamc.incremental_parser import ParseError, ResponseParser
-    from aiospamc.responses import Response
-
-    try:
-        parsed = ResponseParser().parse(answer)
-    except ParseError as error:
-        raise BadResponse(answer) from error
-    response = Response(**parsed)
-    response.raise_for_status()
-    spam = response.headers.get("Spam")
+    """spamd's ANSWER: a SpamReport; BadAnswer when it cannot be read or its status is not 0 (EX_OK)."""
+    if not answer:
+        raise BadAnswer("spamd closed the connection without an answer")
+    head, sep, rest = answer.partition(b"\r\n\r\n")
+    lines = head.split(b"\r\n")
+    status = STATUS.match(lines[0])
+    if status is None:
+        raise BadAnswer(f"not a spamd answer: {_quote(answer)}")
+    code, said = int(status.group(3)), status.group(4).decode("ascii", "replace").strip()
+    if code != 0:
+        raise BadAnswer(f"spamd answered {code} {said}".rstrip())
+    if not sep:
+        raise BadAnswer(f"spamd's answer ends inside its headers: {_quote(answer)}")
+    headers = {}
+    for line in lines[1:]:
+        name, colon, value = line.decode("ascii", "replace").partition(":")
+        if not colon:
+            raise BadAnswer(f"a header line of spamd's answer without a colon: {_quote(line)}")
+        headers[name.strip().lower()] = value.strip()
+    length = headers.get("content-length")
+    if length is not None:
+        if not length.isdigit() or int(length) > len(rest):
+            raise BadAnswer(f"spamd's answer is cut short (Content-length {length}, {len(rest)} bytes)")
+        rest = rest[: int(length)]
+    spam = headers.get("spam")
     if spam is None:
         return ScanFailure(SCANNER_SPAMD, Cause.ERROR, "answer without a Spam header")
-    body = response.body.decode("ascii", "replace").strip()
-    tests = tuple(t for t in body.split(",") if t)
-    return SpamReport(score=float(spam.score), threshold=float(spam.threshold), tests=tests)
+    found = SPAM.match(spam)
+    if found is None:
+        raise BadAnswer(f"spamd's Spam header cannot be read: {spam[:ANSWER_TEXT]!r}")
+    tests = tuple(t for t in rest.decode("ascii", "replace").strip().split(",") if t)
+    return SpamReport(score=float(found.group(2)), threshold=float(found.group(3)), tests=tests)
+
+
+def _quote(data: bytes) -> str:
+    return repr(data[:ANSWER_TEXT])
 
 
 def _errors() -> tuple[type[BaseException], ...]:
-    """What talking to spamd can raise: aiospamc's two exception families, timeouts and OSError."""
-    from aiospamc.exceptions import ClientException, TimeoutException
-    from aiospamc.responses import ResponseException
-
-    return ClientException, ResponseException, TimeoutException, OSError
+    """What talking to spamd can raise: our two exceptions and OSError (timeouts included)."""
+    return ConnectFailed, BadAnswer, OSError
 
 
 def _failure(exc: BaseException, config: SpamdConfig) -> ScanFailure:
-    from aiospamc.exceptions import AIOSpamcConnectionFailed, TimeoutException
-
-    if isinstance(exc, AIOSpamcConnectionFailed):
+    if isinstance(exc, ConnectFailed):
         return ScanFailure(SCANNER_SPAMD, Cause.UNAVAILABLE, _text(exc) or "cannot connect")
-    if isinstance(exc, TimeoutError | TimeoutException):
+    if isinstance(exc, TimeoutError):
         return ScanFailure(SCANNER_SPAMD, Cause.TIMEOUT, f"no answer within {config.timeout:.3g} s")
     if isinstance(exc, OSError):
         return ScanFailure(SCANNER_SPAMD, Cause.UNAVAILABLE, exc.strerror or str(exc))
