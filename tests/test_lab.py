@@ -77,9 +77,11 @@ def test_clean_mail_reaches_both_users_byte_identical_over_imap_and_pop3(up):
         assert body_of(retrieved) == body_of(raw)
 
 
-def test_a_wrong_password_is_refused(up):
+def test_a_wrong_password_and_an_unknown_user_are_refused(up):
     with imaplib.IMAP4(*labmail.hostport(up["imap"]), timeout=30) as imap, pytest.raises(imaplib.IMAP4.error):
         imap.login(INFO, "not the password")
+    with imaplib.IMAP4(*labmail.hostport(up["imap"]), timeout=30) as imap, pytest.raises(imaplib.IMAP4.error):
+        imap.login("nobody@unix.specialist.ru", up["users"][INFO])
     pop = poplib.POP3(*labmail.hostport(up["pop3"]), timeout=30)
     try:
         pop.user(INFO)
