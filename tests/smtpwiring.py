@@ -91,19 +91,15 @@ class SmtpPostfix(PostfixInstance):
         self.wait_for(self._banner, what="a 220 banner from smtpd")
 
 
-class Gate:
-    """A TCP forwarder on a fixed free port to TARGET; down() refuses connections (and cuts open ones), up() serves
-    again; hold is seconds to wait before forwarding a new connection (a slow daemon). `seen` counts connections."""
+class Forwarder:
+    """A TCP listener on a fixed free port that hands each connection to _serve() in a thread of its own (a
+    subclass forwards it to TARGET); up() listens (again), stop_listening() refuses new connections, close()
+    is down()."""
 
     def __init__(self, target: tuple[str, int]) -> None:
         self.target, self.port = target, free_port()
-        self.hold = 0.0
-        self.seen = 0
-        self.connected = threading.Event()  # set at each connection forwarded (clear() to wait for the next)
         self._listener: socket.socket | None = None
-        self._open: set[socket.socket] = set()
         self._lock = threading.Lock()
-        self.up()
 
     @property
     def address(self) -> str:
@@ -117,16 +113,18 @@ class Gate:
         self._listener = listener
         threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
 
-    def down(self) -> None:
+    def stop_listening(self) -> None:
         listener, self._listener = self._listener, None
         if listener is not None:
             with contextlib.suppress(OSError):
                 listener.shutdown(socket.SHUT_RDWR)
             listener.close()
-        with self._lock:
-            for sock in self._open:
-                with contextlib.suppress(OSError):
-                    sock.shutdown(socket.SHUT_RDWR)
+
+    def down(self) -> None:
+        self.stop_listening()
+
+    def close(self) -> None:
+        self.down()
 
     def _accept(self, listener: socket.socket) -> None:
         while True:
@@ -135,6 +133,29 @@ class Gate:
             except OSError:
                 return
             threading.Thread(target=self._serve, args=(client,), daemon=True).start()
+
+    def _serve(self, client: socket.socket) -> None:
+        raise NotImplementedError
+
+
+class Gate(Forwarder):
+    """A TCP forwarder on a fixed free port to TARGET; down() refuses connections (and cuts open ones), up() serves
+    again; hold is seconds to wait before forwarding a new connection (a slow daemon). `seen` counts connections."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        super().__init__(target)
+        self.hold = 0.0
+        self.seen = 0
+        self.connected = threading.Event()  # set at each connection forwarded (clear() to wait for the next)
+        self._open: set[socket.socket] = set()
+        self.up()
+
+    def down(self) -> None:
+        self.stop_listening()
+        with self._lock:
+            for sock in self._open:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
 
     def _serve(self, client: socket.socket) -> None:
         self.seen += 1
@@ -160,9 +181,6 @@ class Gate:
             self._open -= {client, upstream}
         client.close()
         upstream.close()
-
-    def close(self) -> None:
-        self.down()
 
 
 def _pump(source: socket.socket, sink: socket.socket) -> None:

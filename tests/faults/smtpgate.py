@@ -14,7 +14,7 @@ import contextlib
 import socket
 import threading
 
-from postfix import HOST, free_port
+from smtpwiring import Forwarder
 
 END_OF_DATA = b"\r\n.\r\n"
 
@@ -35,35 +35,17 @@ class _Link:
                 sock.shutdown(socket.SHUT_RDWR)
 
 
-class ReinjectGate:
+class ReinjectGate(Forwarder):
     """Forwards HOST:port to TARGET; down() and up() as the module says; `cuts` counts connections cut."""
 
     def __init__(self, target: tuple[str, int]) -> None:
-        self.target, self.port = target, free_port()
+        super().__init__(target)
         self.cuts = 0
-        self._listener: socket.socket | None = None
         self._links: set[_Link] = set()
-        self._lock = threading.Lock()
         self.up()
 
-    @property
-    def address(self) -> str:
-        return f"{HOST}:{self.port}"
-
-    def up(self) -> None:
-        listener = socket.socket()
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        listener.bind((HOST, self.port))
-        listener.listen(64)
-        self._listener = listener
-        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
-
     def down(self) -> None:
-        listener, self._listener = self._listener, None
-        if listener is not None:
-            with contextlib.suppress(OSError):
-                listener.shutdown(socket.SHUT_RDWR)
-            listener.close()
+        self.stop_listening()
         with self._lock:
             links = list(self._links)
         for link in links:
@@ -72,17 +54,6 @@ class ReinjectGate:
                 if not link.awaiting:
                     self.cuts += 1
                     link.close()
-
-    def close(self) -> None:
-        self.down()
-
-    def _accept(self, listener: socket.socket) -> None:
-        while True:
-            try:
-                client, _ = listener.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
 
     def _serve(self, client: socket.socket) -> None:
         try:
