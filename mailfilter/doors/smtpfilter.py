@@ -101,7 +101,7 @@ def filter_message(received: Received, deps: Dependencies, waiting: Callable[[],
 
     Blocking (a thread of the door's executor); the spool is closed by the bookkeeping, or here on failure."""
     queue_id = received.envelope.queue_id or "NOQUEUE"
-    message_key = smtpledger.key(received.envelope, received.data) if deps.ledger else None
+    message_key = smtpledger.key(received.envelope, received.data) if deps.ledger else None  # None: no ledger
     first = deps.ledger.sealed(message_key) if deps.ledger and message_key else None
     if first is not None:  # Postfix retries a message whose first answer it never got: it is not reinjected again
         LOG.warning("%s: a retry of a message sealed before (its answer was lost), not delivered again: %s", queue_id, first)
@@ -168,7 +168,7 @@ def act(
         finally:
             spool.close()
 
-    sealed = message_key if decision.action in (Action.DELIVER, Action.QUARANTINE) and deps.ledger else None
+    sealed = message_key if decision.action in (Action.DELIVER, Action.QUARANTINE) else None
     return Answer(answer, after, sealed)
 
 

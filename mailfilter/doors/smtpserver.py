@@ -190,7 +190,7 @@ class Handler:
             future.add_done_callback(lambda done: done.cancelled() or done.exception() or self.door.after_reply(done.result().after))
             raise
         self.door.after_reply(answer.after)
-        if answer.sealed and self.door.deps.ledger:  # runs once the reply below is written to Postfix's connection
+        if answer.sealed:  # runs once the reply below is written to Postfix's connection
             asyncio.get_running_loop().call_soon(smtpfilter.note, self.door.deps, "answered", answer.sealed)
         return answer.reply
 
