@@ -248,6 +248,10 @@ class ChaosLoop:
         self.started = time.monotonic()
         self._thread.start()
 
+    def dealt_all(self) -> bool:
+        """Every fault has been injected at least once."""
+        return set(self.faults) <= set(self.counts)
+
     def stop(self, timeout: float = 120.0) -> None:
         self._stop.set()
         self._thread.join(timeout)
