@@ -228,6 +228,37 @@ def test_a_quarantined_message_whose_answer_was_lost_is_held_once(door_for, tmp_
         assert list((tmp_path / "quarantine").glob("*.json")) == [held] and smtpd.taken == []
 
 
+@pytest.mark.parametrize("stored", [True, False], ids=["entry-stored", "entry-not-stored"])
+def test_a_door_killed_while_storing_a_quarantine_entry_holds_the_retry_once(door_for, tmp_path, stored):
+    """Killed after the entry was renamed into place but before its seal was written (the store still fsyncs
+    its folder): the ledger has only the H line. The retry is answered from the entry carrying its key, or,
+    if the entry never became whole, stored now: one entry either way."""
+    raw = corpus.eicar_attached()
+    with FakeSmtpd() as smtpd:
+        door = door_for(smtpd)
+        with door.client() as client:
+            code, text = transaction(client, raw)
+        assert code == 250 and "virus, quarantined as" in text, text
+        door.stop()
+        [held] = list((tmp_path / "quarantine").glob("*.json"))
+        [hold] = [line for line in sealed_lines(tmp_path) if line.startswith("H ")]
+        assert json.loads(held.read_text())["ledger_key"] == hold.split()[2]
+        (tmp_path / "state" / "smtp-sealed.log").write_text(hold + "\n")  # the S and A lines never written
+        if not stored:
+            held.unlink()  # as if killed before the metadata's rename: no entry (its .eml alone is never listed)
+        door = door_for(smtpd)
+        with door.client() as client:
+            code, again = transaction(client, raw)
+        [entry] = list((tmp_path / "quarantine").glob("*.json"))
+        if stored:
+            assert code == 250 and "already done, not again" in again and held.stem in again, again
+            assert entry == held
+        else:
+            assert code == 250 and "virus, quarantined as" in again and "not again" not in again, again
+            assert entry.stem in again
+        assert smtpd.taken == []
+
+
 def test_one_session_more_than_max_clients_is_told_421(door_for):
     with FakeSmtpd() as smtpd:
         door = door_for(smtpd, max_clients=1)

@@ -78,3 +78,16 @@ def test_a_final_dot_with_no_answer_read_stays_unsure_until_sealed_or_answered(t
     assert again.recovered == 1 and again.sealed("sealed")
     again.answered("lost")  # its retry was answered: nothing open about it any more
     assert Ledger(str(tmp_path)).unsure == 0
+
+
+def test_a_quarantine_entry_being_stored_stays_open_until_sealed_or_answered(tmp_path):
+    ledger = Ledger(str(tmp_path))
+    for name in ("killed", "sealed", "answered"):
+        ledger.hold(name)
+    ledger.seal("sealed", "250 2.0.0 mailfilter: virus, quarantined as Q1")
+    ledger.answered("answered")
+    assert [ledger.hold_unsealed(k) for k in ("killed", "sealed", "answered")] == [True, False, False]
+    again = Ledger(str(tmp_path))  # after a kill: only the entry whose store was cut short is open
+    assert again.hold_unsealed("killed") and not again.hold_unsealed("sealed") and again.sealed("sealed")
+    again.answered("killed")
+    assert not Ledger(str(tmp_path)).hold_unsealed("killed")

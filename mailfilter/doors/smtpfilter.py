@@ -108,6 +108,10 @@ def filter_message(received: Received, deps: Dependencies, waiting: Callable[[],
         return Answer(reply(250, (2, 0, 0), f"mailfilter: already done, not again ({first})"), sealed=message_key)
     if deps.ledger and message_key and deps.ledger.dot_unanswered(message_key):
         LOG.warning("%s: a retry of a message whose reinjection got no answer: delivered again, perhaps a duplicate", queue_id)
+    if deps.ledger and message_key and deps.ledger.hold_unsealed(message_key):
+        stored = stored_before(deps, message_key, queue_id)
+        if stored is not None:
+            return stored
     spool = Spool.of(received.data)
     try:
         return act(received, spool, deps, waiting, started, message_key)
@@ -151,6 +155,9 @@ def act(
     elif decision.action is Action.QUARANTINE:
         waiting()
         meta = quarantine.describe(envelope, spool, outcome.results, decision)
+        if message_key:  # killed between the store and the seal, the retry finds this entry by its key
+            meta["ledger_key"] = message_key
+            note(deps, "hold", message_key)
         quarantine_id = quarantine.open_store(config.quarantine).store(spool, meta)
         answer = reply(250, (2, 0, 0), f"mailfilter: {decision.verdict.value}, quarantined as {quarantine_id}")
         note(deps, "seal", message_key, answer)
@@ -172,8 +179,26 @@ def act(
     return Answer(answer, after, sealed)
 
 
+def stored_before(deps: Dependencies, message_key: str, queue_id: str) -> Answer | None:
+    """The answer to the retry of a message whose quarantine entry was being stored when the door ended:
+    250 if the entry carrying its ledger key is in the store (it is not stored twice), else None (store it).
+    A store that cannot be read is a 451, as a store that cannot be written would be."""
+    try:
+        good, _bad = quarantine.open_store(deps.config.quarantine).entries()
+    except (OSError, quarantine.QuarantineError) as exc:
+        LOG.warning("%s: the quarantine cannot be searched for an earlier attempt: %s", queue_id, exc)
+        return Answer(reply(451, (4, 3, 0), f"mailfilter: quarantine failed: {exc}"))
+    found = next((entry for entry in good if entry.meta.get("ledger_key") == message_key), None)
+    if found is None:
+        return None
+    text = reply(250, (2, 0, 0), f"mailfilter: {found.meta.get('verdict', found.reason)}, quarantined as {found.id}")
+    LOG.warning("%s: a retry of a message quarantined before (its answer was lost), not stored again: %s", queue_id, found.id)
+    note(deps, "seal", message_key, text)
+    return Answer(reply(250, (2, 0, 0), f"mailfilter: already done, not again ({text})"), sealed=message_key)
+
+
 def note(deps: Dependencies, what: str, message_key: str | None, *args: str) -> None:
-    """One ledger line (dot, seal, answered). A ledger that cannot be written is logged, never raised: the
+    """One ledger line (dot, hold, seal, answered). A ledger that cannot be written is logged, never raised: the
     message goes on (a lost answer could then mean a duplicate, never a loss)."""
     if deps.ledger is None or message_key is None:
         return
