@@ -11,19 +11,22 @@ Targets:
   text     message.printable, header_value, decoded, subject, message_id, received_chain
   args     doors.pipe.parse_args on an argv
   report   actions.report.render of a Context built from a fuzzed envelope and message
-  mime     mimewalk.walk and decode (the MIME walk behind the deep virus scan) on a raw message
+  mime     mimewalk.walk and decode (the MIME walk behind the deep virus scan), and attachments.inspect, on a raw message
 """
 
 from __future__ import annotations
 
+import base64
+import io
 import os
 import re
 import unicodedata
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from mailfilter import message, mimewalk
+from mailfilter import attachments, message, mimewalk
 from mailfilter.actions import report
 from mailfilter.config import ReportConfig
 from mailfilter.doors import pipe
@@ -31,6 +34,7 @@ from mailfilter.model import (
     SCANNER_CLAMAV,
     SCANNER_SPAMD,
     Action,
+    AttachmentReport,
     Cause,
     Decision,
     Envelope,
@@ -332,7 +336,8 @@ def report_mail(data: bytes) -> None:
 
 
 def mime(data: bytes) -> None:
-    """mimewalk.walk and decode on a raw message: no exception, within its limits, every leaf inside the message."""
+    """mimewalk.walk and decode on a raw message: no exception, within its limits, every leaf inside the message;
+    attachments.inspect on it: a report, no bug caught inside, its words printable and bounded."""
     reader = Reader(data)
     choice = reader.byte()
     limits = mimewalk.Limits(depth=1 + choice % 16, parts=1 + reader.byte() % 64, bytes=1 + reader.byte() * 64, seconds=5)
@@ -352,6 +357,26 @@ def mime(data: bytes) -> None:
         assert leaf_bytes <= limits.bytes, (leaf_bytes, limits)
     again = mimewalk.walk(raw, limits)
     assert [(leaf.path, leaf.start, leaf.end) for leaf in again.leaves] == [(leaf.path, leaf.start, leaf.end) for leaf in tree.leaves]
+    for leaf in tree.leaves:
+        assert leaf.start <= leaf.end and leaf.header_start <= leaf.header_end <= leaf.start, leaf
+    rules = attachments.Rules(archive_depth=choice % 4, archive_members=1 + choice % 50, limits=limits)
+    report = attachments.inspect(raw, rules)
+    assert isinstance(report, AttachmentReport), report
+    assert not any(p.startswith("attachment check failed") for p in report.uninspected), report.uninspected  # a bug inside
+    assert all(p.isprintable() for p in report.uninspected) and len(report.uninspected) <= attachments.MAX_PROBLEMS, report
+    assert all(b.part and b.reason.isprintable() and isinstance(b.type, str) for b in report.banned), report.banned
+    assert len(report.banned) <= len(tree.leaves) * 2 + rules.archive_members * 2, len(report.banned)
+
+
+def _zip(files: dict[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, data in files.items():
+            archive.writestr(name, data)
+    return buf.getvalue()
+
+
+_ZIPS = _zip({"invoice.pdf.exe": b"MZ" + bytes(62), "inner.zip": _zip({"x.js": b"WScript.Echo(1)"}), "photo.jpg": b"\xff\xd8\xff"})
 
 
 @dataclass(frozen=True)
@@ -411,6 +436,14 @@ TARGETS = {
             bytes([0x82, 10, 10])
             + b'Content-Type: multipart/mixed; boundary="1"\n\n--1\nContent-Type: multipart/mixed; boundary="2"\n\n--2\n'
             b'Content-Type: multipart/digest; boundary="3"\n\n--3\n\nSubject: x\n\nbody\n--3--\n--2\n\n--1--\n',
+            # depth 3 (archives 3 deep), 64 parts, 16 KB: attachments named in RFC 2231 and RFC 2047, a zip in a zip
+            bytes([3, 63, 255])
+            + b'MIME-Version: 1.0\nContent-Type: multipart/mixed; boundary="b"\n\n--b\nContent-Type: text/plain\n\nhi\n--b\n'
+            b"Content-Type: application/octet-stream\nContent-Disposition: attachment;\n filename*0*=UTF-8''%E2%82%AC.pdf;\n"
+            b' filename*1=".exe"\nContent-Transfer-Encoding: base64\n\nTVqQAAMAAAAEAAAA//8AALgAAAAAAAAAQAAAAAAAAAA=\n--b\n'
+            b'Content-Type: application/zip; name="=?UTF-8?B?YXJjaGl2ZS56aXA=?="\nContent-Transfer-Encoding: base64\n\n'
+            + base64.encodebytes(_ZIPS)
+            + b"--b--\n",
         ),
     ),
 }

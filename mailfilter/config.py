@@ -15,9 +15,9 @@ from collections.abc import Callable
 from dataclasses import MISSING, dataclass, field, fields
 from typing import Any
 
+from .defaults import BANNED_EXTENSIONS, BANNED_TYPES, PIPE_DEADLINE, WORKER_SOCKET
 from .defaults import CONFIG_ENV as ENV_VAR
 from .defaults import CONFIG_PATH as DEFAULT_PATH
-from .defaults import PIPE_DEADLINE, WORKER_SOCKET
 
 
 class ConfigError(Exception):
@@ -110,12 +110,44 @@ def _mode(value: Any) -> str | None:
 
 
 ON_ERROR = _one_of("tempfail", "accept")
+BANNED_ACTIONS = _one_of("quarantine", "reject", "allow")
 
 
 def _servers(value: Any) -> str | None:
     from .scanners.pool import check_servers
 
     return check_servers(value)
+
+
+def _user(value: Any) -> str | None:
+    ok = value == "" or (len(value) <= 64 and all(c.isascii() and (c.isalnum() or c in "._-@+") for c in value))
+    return None if ok else "must be a user name (letters, digits and ._-@+, at most 64)"
+
+
+def _header_text(value: Any) -> str | None:
+    ok = len(value) <= 100 and all(c.isprintable() for c in value)
+    return None if ok else "must be printable text of at most 100 characters"
+
+
+def _extensions(value: Any) -> str | None:
+    ok = all(isinstance(v, str) and v and v.isprintable() and "." not in v and "/" not in v for v in value)
+    return None if ok else "must be a list of extensions without the dot, such as \"exe\""
+
+
+def _types(value: Any) -> str | None:
+    ok = all(isinstance(v, str) and v.count("/") == 1 and v.isprintable() and " " not in v for v in value)
+    return None if ok else "must be a list of MIME types, such as \"application/x-dosexec\""
+
+
+def _entries(value: Any) -> str | None:
+    from .senders import parse_entry
+
+    for entry in value:
+        try:
+            parse_entry(entry)
+        except (ValueError, TypeError) as exc:
+            return str(exc)
+    return None
 
 
 # A section's keys that exclude others when given in the file (a pool replaces the single server).
@@ -139,6 +171,7 @@ class SpamdConfig:
         "bytes spamd is sent: a larger message is scored on its first max_size bytes, cut at a line end (as amavisd-new does)",
         _bytes,
     )
+    user: str = _key("", "spamd's User: whose preferences and Bayes data score the message, as `spamc -u` ('' : spamd's own)", _user)
 
 
 @dataclass(frozen=True)
@@ -182,6 +215,42 @@ class PolicyConfig:
         "a message the virus scan could not see all of (a ClamAV limit, a part that cannot be decoded): 'quarantine',"
         " 'reject', 'tempfail' or 'accept' (deliver marked Unscanned); never clean",
         _one_of("quarantine", "reject", "tempfail", "accept"),
+    )
+    subject_tag: str = _key("", "put this before the Subject of spam that is delivered, e.g. '[SPAM] ' ('' : never)", _header_text)
+
+
+@dataclass(frozen=True)
+class SendersConfig:
+    allow: list = _key(  # noqa: RUF009
+        [], "envelope senders never treated as spam: address, domain (that domain only) or .domain (its subdomains only)", _entries
+    )
+    block: list = _key(  # noqa: RUF009
+        [], "envelope senders treated as spam at the reject score (pipe 69, milter 550; quarantined if no reject score)", _entries
+    )
+    allow_file: str = _key("", "more allow entries, one a line, '#' comments; re-read when it changes ('' : none)", _absolute_or_empty)
+    block_file: str = _key("", "more block entries, as allow_file ('' : none)", _absolute_or_empty)
+
+
+@dataclass(frozen=True)
+class AttachmentsConfig:
+    banned_extensions: list = _key(  # noqa: RUF009
+        list(BANNED_EXTENSIONS), "file name extensions banned (any case), also hidden behind another, as invoice.pdf.exe", _extensions
+    )
+    banned_types: list = _key(  # noqa: RUF009
+        list(BANNED_TYPES), "MIME types banned as libmagic reports them from the content, whatever the name says", _types
+    )
+    action: str = _key(
+        "quarantine", "a banned attachment: 'quarantine', 'reject' or 'allow' ([recipients] banned overrides it)", BANNED_ACTIONS
+    )
+    archives: bool = _key(True, "look at the names and types of the members of zip files (nested, never extracted to disk)")
+    encrypted: str = _key(
+        "quarantine", "an encrypted archive, whose members cannot be seen: 'quarantine' or 'allow'", _one_of("quarantine", "allow")
+    )
+    uninspected: str = _key(
+        "accept",
+        "what the check could not see (a limit, a damaged zip): 'accept' (deliver with X-Mailfilter-Uninspected, warn)"
+        " or 'quarantine' (held as unscannable)",
+        _one_of("accept", "quarantine"),
     )
 
 
@@ -287,6 +356,8 @@ class Config:
     delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
     quarantine: QuarantineConfig = field(default_factory=QuarantineConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
+    senders: SendersConfig = field(default_factory=SendersConfig)
+    attachments: AttachmentsConfig = field(default_factory=AttachmentsConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
     pipe: PipeConfig = field(default_factory=PipeConfig)
     milter: MilterConfig = field(default_factory=MilterConfig)
@@ -294,6 +365,8 @@ class Config:
     smtp: SmtpConfig = field(default_factory=SmtpConfig)
     web: WebConfig = field(default_factory=WebConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    # [recipients."DOMAIN"] and [recipients."ADDRESS"]: (lowercase key, its rule), as recipients.parse() checked them
+    recipients: tuple = ()
     source: str = "(defaults)"
 
 
@@ -332,8 +405,13 @@ def from_dict(data: dict[str, Any], source: str = "(dict)") -> Config:
     """Build a Config from parsed TOML, checking every key and value."""
     sections: dict[str, Any] = {}
     for name, table in data.items():
+        if name == "recipients":
+            from . import recipients
+
+            sections[name] = recipients.parse(table, source)
+            continue
         if name not in SECTIONS:
-            raise ConfigError(f"{source}: unknown section [{name}] (known: {', '.join(SECTIONS)})")
+            raise ConfigError(f"{source}: unknown section [{name}] (known: {', '.join(SECTIONS)}, recipients)")
         if not isinstance(table, dict):
             raise ConfigError(f"{source}: [{name}] must be a table")
         cls = SECTIONS[name]
@@ -391,6 +469,9 @@ def describe() -> str:
             value = getattr(instance, f.name)
             lines.append(f"{f.name} = {oct(value) if f.metadata['octal'] else _toml_value(value)}")
         lines.append("")
+    from . import recipients
+
+    lines.extend(recipients.describe())
     return "\n".join(lines)
 
 

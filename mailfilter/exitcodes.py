@@ -20,6 +20,7 @@ PIPE_EXIT_BY_ACTION = {
     Action.QUARANTINE: EX_OK,
     Action.REJECT: EX_UNAVAILABLE,
     Action.TEMPFAIL: EX_TEMPFAIL,
+    Action.HOLD: EX_TEMPFAIL,  # the milter's alone, never decided for pipe; were it, the message would stay queued
 }
 
 # clamscan's exit statuses. Current clamscan documents 0, 1 and 2; the rest are

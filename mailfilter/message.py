@@ -18,12 +18,14 @@ from .spool import CHUNK
 
 if TYPE_CHECKING:
     from .spool import Spool
+    from .subjecttag import SubjectEdit
 
 # Enough of a message to hold any sane header section; only fields from it are read.
 HEAD_LIMIT = 256 * 1024
 
 # Fields a scanner adds. Any copy that arrives with the message is spoofed.
-OWN_FIELD = re.compile(rb"^x-(spam|virus)-[!-9;-~]*$", re.IGNORECASE)
+# Our fields: X-Spam-*, X-Virus-* and X-Mailfilter-Uninspected (not X-Mailfilter-Released, which a release adds).
+OWN_FIELD = re.compile(rb"^(?:x-(?:spam|virus)-[!-9;-~]*|x-mailfilter-uninspected)$", re.IGNORECASE)
 _FIELD_NAME = re.compile(rb"^([!-9;-~]+)[ \t]*:")
 # C0, DEL and C1 controls, line/paragraph separators, bidi controls (which reorder a terminal
 # line), and lone surrogates (undecodable bytes smuggled through argv or surrogateescape).
@@ -108,17 +110,49 @@ def parse(raw: bytes) -> Parsed:
     return Parsed(tuple(fields), raw[pos:], _eol(raw), tuple(envelope))
 
 
-def _ours(add: tuple[tuple[str, str], ...], eol: bytes) -> bytes:
-    return b"".join(f"{name}: {header_value(value)}".encode("ascii", "replace") + eol for name, value in add)
+def _ours(add: tuple[tuple[str, str], ...], eol: bytes, subject: SubjectEdit | None) -> bytes:
+    out = b"".join(f"{name}: {header_value(value)}".encode("ascii", "replace") + eol for name, value in add)
+    if subject is not None:
+        out += _raw_field(b"Subject", subject.subject, eol)
+        if subject.previous is not None:
+            out += _raw_field(b"X-Spam-Prev-Subject", subject.previous, eol)
+    return out
 
 
-def rewrite(raw: bytes, add: tuple[tuple[str, str], ...]) -> bytes:
+def _raw_field(name: bytes, value: bytes, eol: bytes) -> bytes:
+    value = raw_value(value)
+    return name + (b": " + value if value else b":") + eol
+
+
+# A line end that does not fold (CR LF or LF not followed by a blank), or a CR that is not part of a fold.
+_BREAK = re.compile(rb"\r?\n(?![ \t])|\r(?!\n[ \t])")
+# A fold that starts a line of blanks only (which some readers take for the end of the header).
+_BLANK_LINE = re.compile(rb"\r?\n(?=[ \t]*(?:\r?\n|\Z))")
+
+
+def raw_value(value: bytes) -> bytes:
+    """VALUE, raw bytes of a field we write (8-bit kept), made unable to end its field: folds (CR LF or LF,
+    then a blank) are kept, any other CR or LF becomes a space, and a fold that would start a line of blanks
+    only is dropped."""
+    if b"\r" in value or b"\n" in value:
+        value = _BLANK_LINE.sub(b"", _BREAK.sub(b" ", value))
+    return value
+
+
+def is_subject(raw_field: bytes) -> bool:
+    m = _FIELD_NAME.match(raw_field)
+    return m is not None and m.group(1).lower() == b"subject"
+
+
+def rewrite(raw: bytes, add: tuple[tuple[str, str], ...], *, subject: SubjectEdit | None = None) -> bytes:
     """RAW without spoofed X-Spam-*/X-Virus-* fields, with ADD prepended (after any leading "From " lines).
 
-    For a message in a Spool, rewritten() gives the same bytes without holding the body in memory."""
+    With SUBJECT, every Subject field of RAW is dropped too, and SUBJECT's Subject and X-Spam-Prev-Subject
+    are written as raw bytes after ADD. For a message in a Spool, rewritten() gives the same bytes without
+    holding the body in memory."""
     envelope, fields, pos = _split(raw)
     eol = _eol(raw)
-    kept = [f for f in fields if not _own(f)]
+    kept = [f for f in fields if not _own(f) and not (subject is not None and is_subject(f))]
     if kept and not kept[-1].endswith(b"\n"):
         kept[-1] += eol  # a header-only message without a final newline
     rest = memoryview(raw)[pos:]
@@ -126,24 +160,27 @@ def rewrite(raw: bytes, add: tuple[tuple[str, str], ...]) -> bytes:
         kept.append(eol)  # no header at all: keep the body a body
     if envelope and not envelope[-1].endswith(b"\n"):
         envelope[-1] += eol  # a lone "From " line without a final newline
-    return b"".join([*envelope, _ours(add, eol), *kept, rest])
+    return b"".join([*envelope, _ours(add, eol, subject), *kept, rest])
 
 
 # What _head() says about a line (or a run of continuation lines).
-_BLANK, _FROM, _FOLDED, _FIELD, _OWN, _OPEN = 1, 2, 4, 8, 16, 32  # _OPEN: the message ends without a newline
-_OWN_AT = re.compile(rb"x-(?:spam|virus)-", re.IGNORECASE)  # OWN_FIELD, for the name that starts a field line
+_BLANK, _FROM, _FOLDED, _FIELD, _OWN, _OPEN, _SUBJECT = 1, 2, 4, 8, 16, 32, 64  # _OPEN: the message ends without a newline
+_OWN_AT = re.compile(rb"x-(?:spam|virus)-|x-mailfilter-uninspected[ \t:]", re.IGNORECASE)  # OWN_FIELD, at a field line start
+_SUBJECT_AT = re.compile(rb"subject[ \t:]", re.IGNORECASE)  # a field line whose name is Subject (8 bytes: one window)
 _NAME_RUN = re.compile(rb"[!-9;-~]*")
 _BLANK_RUN = re.compile(rb"[ \t]*")
 
 
-def rewritten(spool: Spool, add: tuple[tuple[str, str], ...], window: int = CHUNK) -> Iterator[bytes]:
+def rewritten(
+    spool: Spool, add: tuple[tuple[str, str], ...], window: int = CHUNK, *, subject: SubjectEdit | None = None
+) -> Iterator[bytes]:
     """rewrite() of the message in SPOOL, as chunks of about CHUNK bytes, never holding more than a few.
 
     The header is read a WINDOW at a time (a line longer than that is scanned,
     not held) and what we keep of it is copied from the spool, as is the body.
     """
     pieces, size = [], 0  # small pieces are joined: fewer, larger writes to sendmail
-    for piece in _pieces(spool, add, window):
+    for piece in _pieces(spool, add, window, subject):
         pieces.append(piece)
         size += len(piece)
         if size >= CHUNK:
@@ -153,8 +190,9 @@ def rewritten(spool: Spool, add: tuple[tuple[str, str], ...], window: int = CHUN
         yield b"".join(pieces)
 
 
-def _pieces(spool: Spool, add: tuple[tuple[str, str], ...], window: int) -> Iterator[bytes]:
+def _pieces(spool: Spool, add: tuple[tuple[str, str], ...], window: int, subject: SubjectEdit | None) -> Iterator[bytes]:
     eol = _eol(spool.read(4096))
+    drop = _OWN | (_SUBJECT if subject is not None else 0)
     copied = 0  # the spool's bytes before this offset are written or dropped
     fields = ours = dropping = is_open = False
     for start, end, kind, base, data in _head(spool, window):
@@ -163,7 +201,7 @@ def _pieces(spool: Spool, add: tuple[tuple[str, str], ...], window: int) -> Iter
             continue
         if not ours:
             yield from _copy(spool, copied, start, base, data)
-            yield _ours(add, eol)
+            yield _ours(add, eol, subject)
             copied, ours = start, True
         if kind & _FOLDED and fields:
             if dropping:
@@ -171,7 +209,7 @@ def _pieces(spool: Spool, add: tuple[tuple[str, str], ...], window: int) -> Iter
             is_open = not dropping and bool(kind & _OPEN)
             continue
         if kind & _FIELD:
-            fields, dropping = True, bool(kind & _OWN)
+            fields, dropping = True, bool(kind & drop)
             if dropping:
                 yield from _copy(spool, copied, start, base, data)
                 copied = end
@@ -187,7 +225,7 @@ def _pieces(spool: Spool, add: tuple[tuple[str, str], ...], window: int) -> Iter
     if is_open:
         yield eol  # a last header line without a final newline
     if not ours:
-        yield _ours(add, eol)  # nothing but "From " lines, or nothing at all
+        yield _ours(add, eol, subject)  # nothing but "From " lines, or nothing at all
 
 
 def _copy(spool: Spool, start: int, end: int, base: int, data: bytes) -> Iterable[bytes]:
@@ -201,7 +239,7 @@ def _head(spool: Spool, window: int) -> Iterator[tuple[int, int, int, int, bytes
     """(start, end, kind, base, data) of each header line of SPOOL, until the caller stops; consecutive
     continuation lines come as one; DATA is the window read at BASE. Lines are classified as _split()
     does; only WINDOW bytes are held at a time."""
-    pos, size, window = 0, spool.size, max(window, 8)  # 8: enough to tell "From " and "X-Virus-" lines
+    pos, size, window = 0, spool.size, max(window, 32)  # 32: enough to tell "From " and "X-Mailfilter-Uninspected:" lines
     while pos < size:
         data = spool.read_at(pos, window)
         if not data:
@@ -227,7 +265,7 @@ def _head(spool: Spool, window: int) -> Iterator[tuple[int, int, int, int, bytes
             else:
                 kind = _FROM if data.startswith(b"From ", i) else 0
                 if _FIELD_AT.match(data, i, end):
-                    kind |= _FIELD | (_OWN if _OWN_AT.match(data, i) else 0)
+                    kind |= _FIELD | (_OWN if _OWN_AT.match(data, i) else 0) | (_SUBJECT if _SUBJECT_AT.match(data, i) else 0)
             if last and end == len(data) and not data.endswith(b"\n"):
                 kind |= _OPEN
             yield pos + i, pos + end, kind, pos, data
@@ -241,7 +279,7 @@ def _long_line(spool: Spool, start: int, data: bytes) -> tuple[int, int]:
         kind, is_field = _FOLDED, False
     else:
         kind, is_field = (_FROM if data.startswith(b"From ") else 0), None
-    own = _OWN if _OWN_AT.match(data) else 0
+    own = (_OWN if _OWN_AT.match(data) else 0) | (_SUBJECT if _SUBJECT_AT.match(data) else 0)  # a window holds 32 bytes
     state, offset = 0, start  # state: 0 no name byte yet, 1 in the name, 2 in the blanks before the colon
     while True:
         if is_field is None:

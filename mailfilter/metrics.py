@@ -29,6 +29,7 @@ COUNTERS = {
     "unscanned": ("Messages delivered without a scanner's verdict (on_error = accept), by scanner.", ("scanner",)),
     "scans": ("Scans answered, by scanner and the pool member that answered.", ("scanner", "server")),
     "failovers": ("Pool members that failed a message before another answered (or all failed), by scanner.", ("scanner",)),
+    "sender_rules": ("Messages whose envelope sender matched [senders] allow or block, by list.", ("list",)),
     "journal_errors": ("Journal writes that failed (the message was not held up), by journal: folder or postgresql.", ("journal",)),
 }
 HISTOGRAM = ("scan_duration_seconds", "Time one scanner took for one message.", ("scanner",))
@@ -68,6 +69,8 @@ class Tally:
                 self._inc("scans", (str(scanner), str(server)))
             for scanner, n in (event.get("failovers") or {}).items():
                 self._inc("failovers", (str(scanner),), n)
+            if event.get("sender_rule"):
+                self._inc("sender_rules", (str(event["sender_rule"]).partition(" ")[0],))
             for store in event.get("journal_errors") or ():
                 self._inc("journal_errors", (str(store),))
             for scanner, key in (("spamd", "spam_seconds"), ("clamav", "virus_seconds")):

@@ -10,7 +10,8 @@ at depth zero, as amavisd-new does. What the walk could not reach is said in wor
 Pure, and built for hostile input: no recursion (a stack), regular expressions that are linear
 in the input, decoders that never raise, and no exception ever leaves walk() or decode().
 Only what scanning needs is parsed: Content-Type (type and boundary) and
-Content-Transfer-Encoding; headers are never decoded.
+Content-Transfer-Encoding; headers are never decoded (a leaf says where its header block
+lies, for a reader of its file name: attachments.py).
 """
 
 from __future__ import annotations
@@ -61,6 +62,8 @@ class Leaf:
     source: Source
     start: int
     end: int
+    header_start: int = 0  # where its own header block lies in SOURCE (for its file name); empty for a uuencoded file
+    header_end: int = 0
 
     @property
     def size(self) -> int:
@@ -161,7 +164,7 @@ def _walk(data: Source, limits: Limits, clock: Callable[[], float]) -> Tree:
             break
         leaf_bytes += end - body
         name = _printable(ctype)
-        leaves.append(Leaf(path, depth, name, encoding, source, body, end))
+        leaves.append(Leaf(path, depth, name, encoding, source, body, end, start, body))
         if encoding not in DECODED:
             leaves.extend(_uuencoded(source, body, end, depth, path, name))
     return Tree(tuple(leaves), deepest, parts, tuple(dict.fromkeys(problems)))

@@ -27,6 +27,7 @@ class Verdict(enum.StrEnum):
     SPAM = "spam"
     VIRUS = "virus"
     UNSCANNABLE = "unscannable"  # the virus scan could not see all of it: never clean
+    BANNED = "banned"  # an attachment of a banned name or type ([attachments]); not a virus
     ERROR = "error"
 
 
@@ -37,6 +38,7 @@ class Action(enum.StrEnum):
     QUARANTINE = "quarantine"
     REJECT = "reject"
     TEMPFAIL = "tempfail"
+    HOLD = "hold"  # the milter only: Postfix's hold queue, with our headers
 
 
 class Cause(enum.StrEnum):
@@ -94,6 +96,24 @@ class VirusReport:
 
 
 @dataclass(frozen=True)
+class Banned:
+    """One attachment the policy bans."""
+
+    part: str  # its file name as the sender gave it (decoded), "a.zip/b.zip/x.js" for an archive member; else the part number
+    type: str  # the MIME type libmagic reports for its content ("" when the content was not read)
+    reason: str  # in words: "banned extension .exe", "hidden extension: invoice.pdf.exe", "banned type application/x-dosexec"
+
+
+@dataclass(frozen=True)
+class AttachmentReport:
+    """What the attachment check found."""
+
+    banned: tuple[Banned, ...] = ()
+    encrypted: tuple[str, ...] = ()  # archives (part names) whose members are encrypted
+    uninspected: tuple[str, ...] = ()  # what could not be inspected, in words
+
+
+@dataclass(frozen=True)
 class ScanFailure:
     """A scanner that could not give an answer. Never read as clean."""
 
@@ -120,10 +140,19 @@ class ScanResults:
     virus_seconds: float = 0.0
     servers: tuple[tuple[str, str], ...] = ()  # (scanner, server that answered) for the pooled scanners
     failovers: tuple[tuple[str, int], ...] = ()  # (scanner, servers that failed before one answered or all failed)
+    attachments: AttachmentReport | None = None  # None: not checked (every recipient's banned = "allow")
+    # spamd's answers for the other spamd users some recipients have ([recipients] spamd_user): (user, outcome)
+    spam_users: tuple[tuple[str, SpamOutcome], ...] = ()
+    spam_user: str = ""  # whose answer SPAM is ([spamd] user, or the first user some recipient has)
 
     @property
     def failures(self) -> tuple[ScanFailure, ...]:
-        return tuple(o for o in (self.spam, self.virus) if isinstance(o, ScanFailure))
+        others = tuple(o for _, o in self.spam_users if isinstance(o, ScanFailure))
+        return tuple(o for o in (self.spam, self.virus) if isinstance(o, ScanFailure)) + others
+
+    def spam_for(self, user: str) -> SpamOutcome:
+        """spamd's answer as USER (its preferences and Bayes data)."""
+        return next((outcome for name, outcome in self.spam_users if name == user), self.spam)
 
 
 @dataclass(frozen=True)
@@ -167,3 +196,21 @@ class Decision:
     dsn: Dsn | None = None
     report: ReportKind | None = None
     warnings: tuple[str, ...] = field(default=())
+    subject_tag: str = ""  # delivered spam: put this before its Subject (subjecttag.tag)
+    sender_rule: str = ""  # the [senders] entry that decided: "allow ENTRY" or "block ENTRY"
+
+
+@dataclass(frozen=True)
+class SenderHits:
+    """The [senders] entries the envelope sender matched (None: no match)."""
+
+    allow: str | None = None
+    block: str | None = None
+
+
+@dataclass(frozen=True)
+class Group:
+    """Recipients of one message whose policy gives the same decision: one action carries it out."""
+
+    recipients: tuple[str, ...]
+    decision: Decision

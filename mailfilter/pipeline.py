@@ -18,8 +18,23 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import deepscan, policy
+from . import recipients as rcpt
+from . import senders as senderlists
 from .config import Config
-from .model import SCANNER_CLAMAV, SCANNER_SPAMD, Cause, Decision, ScanFailure, ScanResults, SpamOutcome, SpamReport
+from .model import (
+    SCANNER_CLAMAV,
+    SCANNER_SPAMD,
+    Cause,
+    Decision,
+    Envelope,
+    Group,
+    ScanFailure,
+    ScanResults,
+    SenderHits,
+    SpamOutcome,
+    SpamReport,
+    SpamSkipped,
+)
 from .scanners import pool as scanpool
 from .spool import Spool
 
@@ -31,20 +46,42 @@ SCANNER_THREADS = 32
 
 @dataclass(frozen=True)
 class Outcome:
+    """What the scanners said, and the decision for each group of recipients (one group when they agree)."""
+
     results: ScanResults
-    decision: Decision
+    groups: tuple[Group, ...]
+    senders: SenderHits = policy.NO_SENDERS
+
+    @property
+    def decision(self) -> Decision:
+        """The decision of the first group: the whole message's when there is one group (split() says)."""
+        return self.groups[0].decision
+
+    @property
+    def split(self) -> bool:
+        return len(self.groups) > 1
 
 
-def scan(message: Spool, config: Config) -> ScanResults:
+def scan(message: Spool, config: Config, envelope: Envelope | None = None, door: str = "pipe") -> ScanResults:
     """Both scanners at once for MESSAGE, in a Runner of its own. Blocking."""
     with Runner() as runner:
-        return runner.scan(message, config)
+        return runner.scan(message, config, envelope, door)
 
 
-def run(message: Spool, config: Config) -> Outcome:
-    """Scan MESSAGE and decide. Blocking; for callers that scan one message (a pipe process, `scan`, `check`)."""
-    results = scan(message, config)
-    return Outcome(results, policy.decide(results, config))
+def run(message: Spool, config: Config, envelope: Envelope | None = None, door: str = "pipe") -> Outcome:
+    """Scan MESSAGE and decide for each recipient of ENVELOPE (none: the global policy). Blocking; for
+    callers that scan one message (a pipe process, `scan`, `check`)."""
+    results = scan(message, config, envelope, door)
+    return decide(results, config, envelope, door, senderlists.Cache())
+
+
+def decide(results: ScanResults, config: Config, envelope: Envelope | None, door: str, senders: senderlists.Cache) -> Outcome:
+    """The policy's groups for RESULTS (SENDERS: the sender lists, kept by a daemon between messages)."""
+    hits = senders.hits(envelope.sender if envelope else "", config.senders)
+    if envelope is None or not envelope.recipients:
+        whole = Group(envelope.recipients if envelope else (), policy.decide(results, config, None, door, hits))
+        return Outcome(results, (whole,), hits)
+    return Outcome(results, policy.plan(envelope, results, config, door, hits), hits)
 
 
 class Runner:
@@ -60,32 +97,57 @@ class Runner:
     def __init__(self, threads: int = SCANNER_THREADS) -> None:
         self._spamd = concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="mailfilter-spamd")
         self._clamav = concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="mailfilter-clamav")
+        self._senders = senderlists.Cache()
 
-    def scan(self, message: Spool, config: Config) -> ScanResults:
+    def scan(self, message: Spool, config: Config, envelope: Envelope | None = None, door: str = "pipe") -> ScanResults:
+        rules = _rules(config, envelope, door)
         with scanpool.ledger() as book:  # which pool member answered, seen by both threads through the context
-            results = self._scan(message, config)
+            results = self._scan(message, config, rules)
             return dataclasses.replace(results, servers=tuple(book.servers.items()), failovers=tuple(book.failovers.items()))
 
-    def _scan(self, message: Spool, config: Config) -> ScanResults:
+    def _scan(self, message: Spool, config: Config, rules: list[rcpt.Rule]) -> ScanResults:
+        started = time.monotonic()
+        context = contextvars.copy_context()  # the caller's (the queue id) in every thread, as to_thread() does
+        users = list(dict.fromkeys(rule.spamd_user for rule in rules if not rule.bypass_spam))  # spamd scores once per user
+        if config.spamd.user in users:
+            users.remove(config.spamd.user)
+            users.insert(0, config.spamd.user)
+        spam_scans = [(user, self._spam_scan(context.copy(), started, message, config, user)) for user in users]
+        virus_scan = self._clamav.submit(context.copy().run, _timed, started, deepscan.scan, _virus_backend(config), message, config.clamd)
+        attachments = None
+        if any(rule.banned != "allow" for rule in rules):  # here, while the scanners work
+            from . import attachments as attachmentsmod
+
+            attachments = attachmentsmod.inspect_spool(message, config.attachments)
+        spam: SpamOutcome = SpamSkipped("bypass_spam")
+        spam_seconds, others = 0.0, []
+        for index, (user, future) in enumerate(spam_scans):
+            outcome, seconds = _wait(future, started, config.spamd.timeout, SCANNER_SPAMD)
+            if index == 0:
+                spam, spam_seconds = outcome, seconds
+            else:
+                others.append((user, outcome))
+        virus, virus_seconds = _wait(virus_scan, started, config.clamd.timeout, SCANNER_CLAMAV)
+        first_user = users[0] if users else config.spamd.user
+        others_t = tuple(others)
+        return ScanResults(spam, virus, spam_seconds, virus_seconds, attachments=attachments, spam_users=others_t, spam_user=first_user)
+
+    def _spam_scan(
+        self, context: contextvars.Context, started: float, message: Spool, config: Config, user: str
+    ) -> concurrent.futures.Future:
+        """spamd's scan as USER. Its copy: all of a message up to [spamd] max_size, else its first max_size
+        bytes cut at a line end (as amavisd-new does), and the header says so. Only those bytes are read."""
         from .scanners import spamd
 
-        started = time.monotonic()
-        context = contextvars.copy_context()  # the caller's (the queue id) in both threads, as to_thread() does
-        # spamd's copy: all of a message up to [spamd] max_size, else its first max_size bytes cut at a line
-        # end (as amavisd-new does), and the header says so. Only those bytes are read.
+        settings = config.spamd if user == config.spamd.user else dataclasses.replace(config.spamd, user=user)
         if message.size > config.spamd.max_size:
             copy = spamd.truncate(message.read(config.spamd.max_size))
-            spam_scan = self._spamd.submit(context.run, _timed, started, _truncated, copy, message.size, config.spamd)
-        else:
-            spam_scan = self._spamd.submit(context.run, _timed, started, spamd.scan_blocking, message.read(), config.spamd)
-        virus_scan = self._clamav.submit(context.copy().run, _timed, started, deepscan.scan, _virus_backend(config), message, config.clamd)
-        spam, spam_seconds = _wait(spam_scan, started, config.spamd.timeout, SCANNER_SPAMD)
-        virus, virus_seconds = _wait(virus_scan, started, config.clamd.timeout, SCANNER_CLAMAV)
-        return ScanResults(spam, virus, spam_seconds, virus_seconds)
+            return self._spamd.submit(context.run, _timed, started, _truncated, copy, message.size, settings)
+        return self._spamd.submit(context.run, _timed, started, spamd.scan_blocking, message.read(), settings)
 
-    def run(self, message: Spool, config: Config) -> Outcome:
-        results = self.scan(message, config)
-        return Outcome(results, policy.decide(results, config))
+    def run(self, message: Spool, config: Config, envelope: Envelope | None = None, door: str = "pipe") -> Outcome:
+        """Scan MESSAGE and decide for each recipient of ENVELOPE (none: the global policy)."""
+        return decide(self.scan(message, config, envelope, door), config, envelope, door, self._senders)
 
     def close(self) -> None:
         """No new scans; scans not started yet are cancelled (their callers get an exception), running ones
@@ -106,6 +168,14 @@ def preload() -> None:
     import pyclamd  # noqa: F401
 
     from .scanners import clamd, clamscan, spamd  # noqa: F401
+
+
+def _rules(config: Config, envelope: Envelope | None, door: str) -> list[rcpt.Rule]:
+    base = rcpt.base_rule(config, door)
+    if envelope is None or not envelope.recipients or not config.recipients:
+        return [base]
+    tables = dict(config.recipients)
+    return [rcpt.rule_for(recipient, base, tables) for recipient in envelope.recipients]
 
 
 def _virus_backend(config: Config) -> Any:

@@ -47,6 +47,8 @@ def toml_value(value) -> str:
         return "true" if value else "false"
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):  # an inline table, as [recipients] holds them
+        return "{" + ", ".join(f"{json.dumps(k)} = {toml_value(v)}" for k, v in value.items()) + "}"
     return repr(value)
 
 
@@ -54,7 +56,7 @@ def write_config(path: Path, sections: dict[str, dict]) -> str:
     lines = []
     for name, table in sections.items():
         lines.append(f"[{name}]")
-        lines += [f"{key} = {toml_value(value)}" for key, value in table.items()]
+        lines += [f"{json.dumps(key)} = {toml_value(value)}" for key, value in table.items()]
     path.write_text("\n".join(lines) + "\n")
     return str(path)
 

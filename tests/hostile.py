@@ -72,6 +72,7 @@ class Case:
     virus: bool = False  # the real clamd with the test signatures finds EICAR in it
     unseen: str = ""  # it holds EICAR that clamd does not find: why
     unscannable: str = ""  # the virus scan cannot see all of it (a limit): why; held as unscannable, never delivered
+    banned: str = ""  # not a virus clamd finds, but an attachment [attachments] bans: why; held as banned, never delivered
     spam: bool = False  # spamd scores it as spam (on the first [spamd] max_size bytes when it is larger)
     sender: str = SENDER
     recipients: tuple[str, ...] = (RECIPIENT,)
@@ -556,8 +557,9 @@ def hidden_eicar() -> Iterator[Case]:
             "with bare CR line ends clamd's mail parser sees one long line: no header, no parts, no base64 to decode",
         ),
     }
+    banned = {"uuencoded-under-subject-only": "the uuencoded file is called file.com: a banned extension"}
     for name, (make, why) in unseen.items():
-        yield Case(f"eicar-unseen-{name}", make, unseen=why)
+        yield Case(f"eicar-unseen-{name}", make, unseen=why, banned=banned.get(name, ""))
 
 
 INJECTIONS = {

@@ -359,6 +359,7 @@ def test_all_well_is_exit_0(tmp_path, good_config, postfix_dir, daemons):
         "journal": "OK",
         "sendmail": "OK",
         "pipe worker": "OK",
+        "attachments": "OK",
         "clamd size": "OK",
         "milter size": "OK",
         "milter time": "OK",
@@ -370,6 +371,7 @@ def test_all_well_is_exit_0(tmp_path, good_config, postfix_dir, daemons):
     assert f"OK    clamd: {daemons['clamd_socket']} found EICAR: Eicar-Test-Signature" in "\n".join(lines)
     assert "WARN  signatures: age unknown: ClamAV answers 'ClamAV " in "\n".join(lines)
     assert "OK    clamd size: Postfix message_size_limit 10240000 <= clamd StreamMaxLength 104857600" in lines
+    assert any(line.startswith("OK    attachments: ") and "libmagic answers" in line for line in lines)
     assert mode(tmp_path / "quarantine") == 0o700 and os.listdir(tmp_path / "quarantine") == []
 
 
@@ -470,3 +472,15 @@ def test_clamd_config_that_hides_limit_hits_is_a_warning(tmp_path, conf, status)
         assert line.render().endswith(f"; fix: set AlertExceedsMax yes and HeuristicAlerts yes in {path}, then restart clamd")
     assert list(chk.clamd_limit_lines(config_of(clamd={"config_file": str(tmp_path / "missing")}))) == []
     assert list(chk.clamd_limit_lines(config_of(clamd={"config_file": str(path), "backend": "clamscan"}))) == []
+
+
+def test_a_sender_list_file_that_cannot_be_read_is_a_warn(make_config, tmp_path):
+    from mailfilter import config as configmod
+    from mailfilter.commands.policycheck import policy_lines
+
+    good = tmp_path / "allow"
+    good.write_text("partner.example\n# comment\n.partner.example\n")
+    config = configmod.load(make_config(senders={"allow_file": str(good), "block_file": str(tmp_path / "missing")}))
+    lines = {line.subject: line for line in policy_lines(config)}
+    assert lines["senders allow_file"].status.value == "OK" and "2 entries" in lines["senders allow_file"].text
+    assert lines["senders block_file"].status.value == "WARN" and "missing" in lines["senders block_file"].text

@@ -98,7 +98,8 @@ def test_counts_tops_and_bars():
         "  00      0",
     ]:
         assert expected in lines
-    chart = lines[lines.index("Messages per hour (UTC), one mark = 1 message(s): # clean  s spam  V virus  u unscannable  ! error") + 1 :]
+    legend = "# clean  s spam  V virus  u unscannable  b banned  ! error"
+    chart = lines[lines.index(f"Messages per hour (UTC), one mark = 1 message(s): {legend}") + 1 :]
     assert [int(line.split()[0]) for line in chart] == list(range(24))
 
 
@@ -120,7 +121,7 @@ def test_busy_hours_are_scaled_and_every_verdict_shows():
     events = [{"time": f"{DAY}T07:{i % 60:02d}:00+00:00", "verdict": "clean", "action": "deliver"} for i in range(499)]
     events.append({"time": f"{DAY}T07:30:00+00:00", "verdict": "virus", "action": "quarantine"})
     lines = daily.text(summary(events)).splitlines()
-    assert "Messages per hour (UTC), one mark = 10 message(s): # clean  s spam  V virus  u unscannable  ! error" in lines
+    assert "Messages per hour (UTC), one mark = 10 message(s): # clean  s spam  V virus  u unscannable  b banned  ! error" in lines
     assert "  07    500 " + "#" * 50 + "V" in lines
 
 

@@ -217,6 +217,9 @@ def test_pipe_door(case, pipe_door, capfd):
     elif case.unscannable:
         check_unscannable(pipe_door, case)
         assert calls == [], "an unscannable message is held, not delivered (and no admin report)"
+    elif case.banned:
+        check_banned(pipe_door, case)
+        assert calls == [], "a banned attachment is held, not delivered"
     else:
         assert viruses == [], case.unseen or "a virus found where there is none"
         assert pipe_door.unscannable_entries() == [], "held as unscannable where clamd sees all"
@@ -224,6 +227,13 @@ def test_pipe_door(case, pipe_door, capfd):
         assert argv[-len(case.recipients) :] == list(case.recipients)
         check_delivered(raw, delivered)
         check_spam(case, dict(fields_and_body(sendmail_lines(delivered))[0]))
+
+
+def check_banned(door: Door, case: hostile.Case) -> None:
+    """CASE is held in the quarantine as banned, with the part and why in its metadata."""
+    [meta] = [meta for meta in store.entries(str(door.quarantine)) if meta["reason"] == "banned"]
+    assert meta["verdict"] == "banned" and meta["banned"] and door.virus_entries() == [], meta
+    check_listing(door.config_path, meta)
 
 
 def check_unscannable(door: Door, case: hostile.Case) -> None:
@@ -362,6 +372,9 @@ def test_milter_door(case, milter_door, milter_factory, capfd):
     elif case.unscannable and status != Milter.TEMPFAIL:
         assert status == Milter.DISCARD, ctx._reply
         check_unscannable(milter_door, case)
+    elif case.banned and status != Milter.TEMPFAIL:
+        assert status == Milter.DISCARD, ctx._reply
+        check_banned(milter_door, case)
     else:
         assert viruses == [], case.unseen or "a virus found where there is none"
         assert milter_door.unscannable_entries() == [], "held as unscannable where clamd sees all"
@@ -384,7 +397,9 @@ def check_milter_header(ctx: Ctx, raw: bytes) -> None:
     removed = [(name.lower(), idx) for kind, name, idx, value in ctx.changes if kind == "change" and value == ""]
     assert sorted(removed) == sorted(spoofed)
     added = [(name, idx) for kind, name, _, idx in ctx.changes if kind == "add"]
-    assert [idx for _, idx in added] == list(range(len(added))) and ("X-Virus-Status", len(added) - 1) in added, added
+    ours_after = {"X-Mailfilter-Uninspected"}  # what the attachment check could not see, after the virus fields
+    last = max(i for i, (name, _) in enumerate(added) if name == "X-Virus-Status")
+    assert [idx for _, idx in added] == list(range(len(added))) and {name for name, _ in added[last + 1 :]} <= ours_after, added
     assert ctx._msg.get_all("X-Virus-Status") == ["Clean"]
 
 

@@ -210,3 +210,11 @@ def test_rewriting_a_21_mb_message_holds_no_copy_of_it(tmp_path):
             tracemalloc.stop()
     assert peak < 2_000_000, peak
     assert digest.read_text() == want.hexdigest()  # and sendmail got every byte of it, rewritten
+
+
+def test_a_spoofed_uninspected_field_is_removed_and_a_released_stamp_kept():
+    raw = b"X-Mailfilter-Uninspected: nothing, trust me\nX-Mailfilter-Released: web:admin on 2026-12-03\nSubject: s\n\nbody\n"
+    out = message.rewrite(raw, (("X-Virus-Status", "Clean"),))
+    assert out == b"X-Virus-Status: Clean\nX-Mailfilter-Released: web:admin on 2026-12-03\nSubject: s\n\nbody\n"
+    with Spool.of(raw) as spool:
+        assert b"".join(message.rewritten(spool, (("X-Virus-Status", "Clean"),), window=7)) == out

@@ -21,7 +21,7 @@ EICAR = VirusReport(("Eicar-Test-Signature",), 1)
 
 @pytest.fixture
 def virus(monkeypatch):
-    monkeypatch.setattr(pipeline, "scan", lambda spool, config: ScanResults(HAM, EICAR))
+    monkeypatch.setattr(pipeline, "scan", lambda spool, config, *_: ScanResults(HAM, EICAR))
 
 
 def logged(tmp_path, monkeypatch):
@@ -58,7 +58,7 @@ def test_a_hanging_report_sendmail_does_not_delay_the_reply(run_milter, virus, s
 @pytest.mark.parametrize(("verdict", "expected"), [("clean", Milter.CONTINUE), ("virus", Milter.DISCARD)])
 def test_bookkeeping_failing_after_the_reply_never_changes_it(run_milter, monkeypatch, tmp_path, target, name, verdict, expected):
     answer = ScanResults(HAM, EICAR if verdict == "virus" else VirusReport())
-    monkeypatch.setattr(pipeline, "scan", lambda spool, config: answer)
+    monkeypatch.setattr(pipeline, "scan", lambda spool, config, *_: answer)
 
     def broken(*args, **kwargs):
         raise RuntimeError("disk on fire")

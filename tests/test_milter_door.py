@@ -19,7 +19,7 @@ CLAM_DOWN = ScanFailure("clamav", Cause.UNAVAILABLE, "Could not reach clamd")
 @pytest.fixture
 def answers(monkeypatch):
     def set_answers(spam, virus):
-        monkeypatch.setattr(pipeline, "scan", lambda spool, config: ScanResults(spam, virus))
+        monkeypatch.setattr(pipeline, "scan", lambda spool, config, *_: ScanResults(spam, virus))
 
     return set_answers
 
@@ -99,7 +99,7 @@ def test_on_error_accept_marks_unscanned(run_milter, answers):
 
 @pytest.mark.parametrize("exc", [RuntimeError("bug"), MemoryError(), OSError(28, "No space left on device")])
 def test_any_exception_is_a_tempfail_never_an_accept(run_milter, monkeypatch, exc):
-    def explode(spool, config):
+    def explode(spool, config, *_):
         raise exc
 
     monkeypatch.setattr(pipeline, "scan", explode)
@@ -126,7 +126,7 @@ def test_oversized_message_is_refused_552(run_milter, answers):
 def test_large_message_is_spooled_to_a_file_then_removed(run_milter, monkeypatch, tmp_path):
     seen = {}
 
-    def scan(spool, config):
+    def scan(spool, config, *_):
         seen["on_disk"], seen["size"] = spool.on_disk, spool.size
         return ScanResults(HAM, VirusReport())
 

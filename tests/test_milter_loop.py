@@ -219,7 +219,7 @@ def milter_runner(runner):
 
 @pytest.mark.parametrize("exc", [RuntimeError("bug"), MemoryError(), TimeoutError("stuck")])
 def test_any_exception_in_the_runner_is_a_tempfail(run_milter, monkeypatch, exc):
-    def explode(self, spool, config):
+    def explode(self, spool, config, *_):
         raise exc
 
     monkeypatch.setattr(pipeline.Runner, "scan", explode)

@@ -23,7 +23,7 @@ def send(config, n):
 
 def test_an_outbreak_sends_one_virus_found_then_one_summary(make_config, sendmail, monkeypatch, tmp_path):
     monkeypatch.setattr(
-        pipeline, "scan", lambda spool, config: ScanResults(SpamReport(0.1, 5.0), VirusReport((f"Worm.{time.time_ns()}",), 1))
+        pipeline, "scan", lambda spool, config, *_: ScanResults(SpamReport(0.1, 5.0), VirusReport((f"Worm.{time.time_ns()}",), 1))
     )
     config = make_config(report={"interval": INTERVAL})
     started = time.monotonic()

@@ -29,7 +29,7 @@ def answers(monkeypatch):
     """answers(spam, virus): make the pipeline's scanners say this."""
 
     def set_answers(spam, virus):
-        monkeypatch.setattr(pipeline, "scan", lambda raw, config: ScanResults(spam, virus))
+        monkeypatch.setattr(pipeline, "scan", lambda raw, config, *_: ScanResults(spam, virus))
 
     return set_answers
 
@@ -184,7 +184,7 @@ def test_bad_config_defers(tmp_path, text):
 
 @pytest.mark.parametrize("exc", [RuntimeError("bug"), KeyboardInterrupt(), SystemExit(1), MemoryError()])
 def test_any_exception_defers_with_traceback_in_the_log_only(make_config, monkeypatch, tmp_path, exc):
-    def explode(raw, config):
+    def explode(raw, config, *_):
         raise exc
 
     monkeypatch.setattr(pipeline, "scan", explode)
@@ -197,7 +197,7 @@ def test_any_exception_defers_with_traceback_in_the_log_only(make_config, monkey
 
 
 def test_own_deadline_defers(make_config, monkeypatch, sendmail):
-    def hang(raw, config):
+    def hang(raw, config, *_):
         time.sleep(30)
 
     monkeypatch.setattr(pipeline, "scan", hang)

@@ -44,12 +44,12 @@ def answers(monkeypatch):
     """answers(spam, virus, delay=0): what the pipeline's scanners say, after DELAY seconds."""
 
     def set_answers(spam, virus, delay=0.0):
-        def scan(spool, config):
+        def scan(spool, config, *_):
             time.sleep(delay)
             return ScanResults(spam, virus)
 
         monkeypatch.setattr(pipeline, "scan", scan)  # a pipe process
-        monkeypatch.setattr(pipeline.Runner, "scan", lambda runner, spool, config: scan(spool, config))  # the worker
+        monkeypatch.setattr(pipeline.Runner, "scan", lambda runner, spool, config, *_: scan(spool, config))  # the worker
 
     return set_answers
 

@@ -225,3 +225,21 @@ def test_oversized_message_is_refused_552_while_it_arrives(wiring):
     assert postfix.send(corpus.clean(), SENDER, [RECIPIENT])[0] == 250  # the next message on a new connection is fine
     [delivery] = postfix.sink.wait(1)
     assert b"big.bin" not in delivery.data and "action=reject, size=>100000" in milter.log()
+
+
+def test_recipients_split_by_policy_lose_the_held_recipient_and_keep_the_rest(wiring):
+    """GTUBE to a recipient whose domain quarantines at 5 and to one with the default policy: one SMTP answer
+    (250), the strict recipient removed from the message (delrcpt) and its copy held, the other delivered."""
+    recipients = {"strict.test": {"spam_score": 5}}
+    postfix, milter = wiring(sections={"recipients": recipients})
+    code, text = postfix.send(corpus.gtube(), SENDER, ["a@strict.test", "b@lax.test"])
+    assert code == 250, (text, postfix.diagnostics())
+    [delivery] = postfix.sink.wait(1)
+    assert delivery.recipients == ("b@lax.test",) and b"X-Spam-Flag: YES" in delivery.data
+    [(meta, raw)] = postfix.wait_for(lambda: quarantined(milter.folder / "quarantine") or None, what="the quarantine entry")
+    assert meta["recipients"] == ["a@strict.test"] and meta["reason"] == "spam"
+    assert raw.replace(b"\r\n", b"\n").endswith(corpus.gtube().split(b"\n\n", 1)[1])
+    code, _ = postfix.send(corpus.gtube(), SENDER, ["a@strict.test", "c@strict.test"])  # every recipient held: discarded
+    assert code == 250
+    postfix.wait_for(lambda: len(quarantined(milter.folder / "quarantine")) == 2 or None, what="a second entry")
+    assert len(postfix.sink.deliveries) == 1

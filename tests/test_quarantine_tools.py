@@ -113,6 +113,29 @@ def test_delete_and_purge(held, tmp_path):
     assert mf(config, "purge", "--older-than", "soon").exit_code == 2
 
 
+def test_purge_sweeps_what_a_killed_writer_left_and_nothing_in_flight(tmp_path):
+    """A writer SIGKILLed mid-store leaves a hidden temporary file, or a message whose metadata never followed:
+    never listed, removed by the sweep `purge` runs once they are older than an hour; younger ones (a writer may
+    still be at work) and whole entries stay."""
+    import os
+    import time
+
+    folder = tmp_path / "q"
+    with Spool.of(corpus.gtube()) as spool:
+        qid = store.store(spool, {"reason": "spam", "sender": "a@b", "recipients": ["c@d"]}, str(folder))
+    old, young = time.time() - 7200, time.time()
+    leftovers = [f".{qid}.eml.0a1b2c3d.tmp", "20261203T120000Z-0a1b2c3d4e.eml", f".{qid}.json.00000000.tmp"]
+    for name in leftovers:
+        (folder / name).write_bytes(b"cut short")
+        os.utime(folder / name, (old, old))
+    (folder / ".20261203T130000Z-1111111111.eml.ffffffff.tmp").write_bytes(b"in flight")
+    os.utime(folder / ".20261203T130000Z-1111111111.eml.ffffffff.tmp", (young, young))
+    assert sorted(store.FolderStore(str(folder)).sweep()) == sorted(leftovers)
+    in_flight = ".20261203T130000Z-1111111111.eml.ffffffff.tmp"
+    assert sorted(p.name for p in folder.iterdir()) == sorted([in_flight, f"{qid}.eml", f"{qid}.json"])
+    assert [m["id"] for m in store.entries(str(folder))] == [qid]
+
+
 def _release_in_process(folder, qid, n):
     store.release(folder, qid, f"admin{n}", lambda data, sender, to: None)
 

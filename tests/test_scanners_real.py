@@ -146,3 +146,25 @@ def test_spamd_request_sends_lf_line_ends():
 
     request = spamd._request(b"Subject: x\r\n\r\nbody\r\nbare\rcr\n")
     assert request.endswith(b"\r\n\r\nSubject: x\n\nbody\nbare\rcr\n")
+
+
+def test_spamd_scores_as_the_configured_user_and_as_each_recipients_user(live, daemons):
+    """[spamd] user goes to spamd as its User header (spamc -u); a recipient with another spamd_user is scored
+    again as that user, once, and the delivered copy says whose answer it got (X-Spam-User, for learn)."""
+    from pathlib import Path
+
+    from mailfilter import pipeline
+    from mailfilter.model import Envelope
+    from mailfilter.spool import Spool
+
+    config = live(spamd={"user": "siteuser"}, recipients={"shop.test": {"spamd_user": "shopuser"}})
+    envelope = Envelope("alice@example.org", ("a@shop.test", "b@other.test", "c@shop.test"))
+    with Spool.of(corpus.gtube()) as spool:
+        outcome = pipeline.run(spool, config, envelope)
+    assert isinstance(outcome.results.spam, SpamReport) and outcome.results.spam_user == "siteuser"
+    [(user, shop)] = outcome.results.spam_users
+    assert user == "shopuser" and isinstance(shop, SpamReport) and shop.is_spam
+    users = {g.recipients: dict(g.decision.headers).get("X-Spam-User") for g in outcome.groups}
+    assert users == {("a@shop.test", "c@shop.test"): "shopuser", ("b@other.test",): "siteuser"}
+    log = (Path(daemons["run_dir"]) / "spamd.log").read_text()
+    assert " for siteuser:" in log and " for shopuser:" in log

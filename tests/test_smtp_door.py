@@ -25,8 +25,9 @@ def door_for(live, tmp_path, sendmail):
     """door_for(smtpd, **smtp options) -> a started RunningDoor that reinjects into SMTPD; stopped at the end."""
     doors = []
 
-    def start(smtpd: FakeSmtpd, **smtp) -> RunningDoor:
+    def start(smtpd: FakeSmtpd, sections=None, **smtp) -> RunningDoor:
         config = live(
+            **(sections or {}),
             smtp={"reinject": smtpd.address, "timeout": 10, "grace": 10, **smtp},
             metrics={"listen": ""},
             delivery={"sendmail": sendmail.argv()},
@@ -257,6 +258,36 @@ def test_a_door_killed_while_storing_a_quarantine_entry_holds_the_retry_once(doo
             assert code == 250 and "virus, quarantined as" in again and "not again" not in again, again
             assert entry.stem in again
         assert smtpd.taken == []
+
+
+def test_recipients_split_by_policy_get_a_reinjection_and_an_entry_and_one_250(door_for, tmp_path):
+    with FakeSmtpd() as smtpd:
+        door = door_for(smtpd, sections={"recipients": {"strict.test": {"spam_score": 5}}})
+        with door.client() as client:
+            code, text = transaction(client, corpus.gtube(), rcpts=("a@strict.test", "b@lax.test"))
+        assert code == 250 and "split: 1 recipient(s) reinjected, quarantined as" in text, text
+        [taken] = smtpd.wait(1)
+        assert taken.rcpts == ["RCPT TO:<b@lax.test>"]
+        [held] = list((tmp_path / "quarantine").glob("*.json"))
+        assert json.loads(held.read_text())["recipients"] == ["a@strict.test"] and held.stem in text
+
+
+def test_a_split_whose_reinjection_fails_is_451_and_the_retry_holds_nothing_twice(door_for, tmp_path):
+    recipients = {"strict.test": {"spam_score": 5}}
+    with FakeSmtpd(Behaviour(end_of_data="451 4.3.0 try later")) as smtpd:
+        door = door_for(smtpd, sections={"recipients": recipients})
+        with door.client() as client:
+            code, text = transaction(client, corpus.gtube(), rcpts=("a@strict.test", "b@lax.test"))
+        assert code == 451, text
+        door.stop()
+    assert len(list((tmp_path / "quarantine").glob("*.json"))) == 1  # the held group was sealed first
+    with FakeSmtpd() as smtpd:
+        door = door_for(smtpd, sections={"recipients": recipients})
+        with door.client() as client:
+            code, text = transaction(client, corpus.gtube(), rcpts=("a@strict.test", "b@lax.test"))  # Postfix's retry
+        assert code == 250 and "1 done before" in text, text
+        assert [t.rcpts for t in smtpd.wait(1)] == [["RCPT TO:<b@lax.test>"]]
+    assert len(list((tmp_path / "quarantine").glob("*.json"))) == 1
 
 
 def test_one_session_more_than_max_clients_is_told_421(door_for):

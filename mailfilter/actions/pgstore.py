@@ -158,6 +158,10 @@ class PgStore:
         with self._db() as conn, self._locked(conn, qid):
             conn.execute("DELETE FROM mailfilter_quarantine WHERE id = %s", (qid,))
 
+    def sweep(self, older_than: timedelta | None = None) -> list[str]:
+        """Nothing to sweep: a row is written in one transaction, whole or not at all."""
+        return []
+
     def purge(self, older_than: timedelta, now: datetime | None = None) -> tuple[list[str], list[BadEntry | q.Busy]]:
         """Delete every entry created more than OLDER_THAN ago; an entry being released now is left for the next purge."""
         try:

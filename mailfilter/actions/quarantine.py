@@ -37,6 +37,9 @@ if TYPE_CHECKING:
     from .pgstore import PgStore
 
 
+SWEEP_AGE = timedelta(hours=1)  # a store's temporary file older than this belongs to a writer that was killed
+
+
 class QuarantineError(Exception):
     """The message could not be stored durably."""
 
@@ -89,10 +92,10 @@ def ensure_folder(folder: str) -> None:
 def describe(envelope: Envelope, message: Spool, results: ScanResults, decision: Decision) -> dict[str, Any]:
     """The metadata kept beside a held message."""
     parsed = msgmod.parse(message.read(msgmod.HEAD_LIMIT))
-    spam, virus = results.spam, results.virus
+    spam, virus, attachments = results.spam, results.virus, results.attachments
     scored = isinstance(spam, SpamReport)
     return {
-        "reason": {Verdict.VIRUS: "virus", Verdict.UNSCANNABLE: "unscannable"}.get(decision.verdict, "spam"),
+        "reason": {Verdict.VIRUS: "virus", Verdict.UNSCANNABLE: "unscannable", Verdict.BANNED: "banned"}.get(decision.verdict, "spam"),
         "verdict": decision.verdict.value,
         "virus_names": list(virus.names) if isinstance(virus, VirusReport) else [],
         "unscannable": list(virus.unscannable) if isinstance(virus, VirusReport) else [],
@@ -105,6 +108,9 @@ def describe(envelope: Envelope, message: Spool, results: ScanResults, decision:
         "subject": msgmod.subject(parsed),
         "message_id": msgmod.message_id(parsed),
         "headers": [list(h) for h in decision.headers],
+        "banned": [{"part": b.part, "type": b.type, "reason": b.reason} for b in attachments.banned] if attachments else [],
+        "encrypted": list(attachments.encrypted) if attachments else [],
+        "sender_rule": decision.sender_rule,
     }
 
 
@@ -265,8 +271,35 @@ class FolderStore:
             folder.unlink(f"{qid}.json")
             folder.unlink(f"{qid}.eml")
 
+    def sweep(self, older_than: timedelta = SWEEP_AGE) -> list[str]:
+        """Remove what a writer killed mid-store left (SIGKILL, a power cut): hidden temporary files, and a
+        message renamed into place whose metadata never followed. Only files older than OLDER_THAN (no
+        writer takes that long); such leftovers are never listed, so nothing visible changes. Their names."""
+        cutoff = datetime.now(UTC).timestamp() - older_than.total_seconds()
+        gone = []
+        try:
+            with self._open() as folder:
+                names = set(folder.names())
+                for name in sorted(names):
+                    stray = name.startswith(".") and name.endswith(".tmp")
+                    half = name.endswith(".eml") and ID_PATTERN.match(name[:-4]) and f"{name[:-4]}.json" not in names
+                    if not (stray or half):
+                        continue
+                    try:
+                        st = os.stat(name, dir_fd=folder.fd, follow_symlinks=False)
+                        if st.st_mtime < cutoff:
+                            folder.unlink(name)
+                            gone.append(name)
+                    except FileNotFoundError:
+                        continue
+        except FileNotFoundError:
+            return []
+        return gone
+
     def purge(self, older_than: timedelta, now: datetime | None = None) -> tuple[list[str], list[BadEntry | Busy]]:
-        """Delete every entry created more than OLDER_THAN ago; return their ids and the entries skipped (bad, busy)."""
+        """Delete every entry created more than OLDER_THAN ago; return their ids and the entries skipped (bad, busy).
+        What killed writers left behind (sweep) goes too."""
+        self.sweep()
         good, skipped = self.entries()
         bad: list[BadEntry | Busy] = list(skipped)
         try:

@@ -485,6 +485,9 @@ def checks(config: Config, environ: Mapping[str, str], now: datetime) -> Iterato
     from .smtpcheck import smtp_lines  # here: it imports Line and Status from this module
 
     yield from smtp_lines(config, environ)
+    from .policycheck import policy_lines
+
+    yield from policy_lines(config)
     yield from limit_lines(config, environ)
     yield from clamd_limit_lines(config)
 

@@ -37,8 +37,8 @@ VERDICTS = tuple(v.value for v in Verdict)
 ACTIONS = ("deliver", "quarantine", "hold", "reject", "tempfail")  # hold: the milter's [milter] virus = "hold"
 TOP = 10  # rows of a top list
 BAR_WIDTH = 50  # marks in the busiest hour's text bar
-MARKS = {"clean": "#", "spam": "s", "virus": "V", "unscannable": "u", "error": "!"}
-COLOURS = {"clean": "#4c9a2a", "spam": "#e69f00", "virus": "#d62728", "unscannable": "#9467bd", "error": "#7f7f7f"}
+MARKS = {"clean": "#", "spam": "s", "virus": "V", "unscannable": "u", "banned": "b", "error": "!"}
+COLOURS = {"clean": "#4c9a2a", "spam": "#e69f00", "virus": "#d62728", "unscannable": "#9467bd", "banned": "#8c564b", "error": "#7f7f7f"}
 
 
 @dataclass(frozen=True)

@@ -39,23 +39,39 @@ def read(path: str, stdin: BinaryIO) -> bytes:
     return data
 
 
+def scored_as(data: bytes, default: str) -> str:
+    """The spamd user named by the message's first X-Spam-User field (ours: copies that arrived with it are
+    removed when it is filtered), else DEFAULT."""
+    from .. import message
+
+    values = message.parse(data[: message.HEAD_LIMIT]).values("x-spam-user")
+    user = values[0].decode("ascii", "replace").strip() if values else ""
+    ok = user and len(user) <= 64 and all(c.isascii() and (c.isalnum() or c in "._-@+") for c in user)
+    return user if ok else default
+
+
 @click.command()
 @click.argument("message_class", metavar="spam|ham", type=click.Choice(learner.CLASSES))
 @click.argument("files", nargs=-1, type=click.Path(dir_okay=False, allow_dash=True))
+@click.option("--user", default=None, help="spamd user to teach (default: the one the message was scored as, else [spamd] user)")
 @click.pass_obj
-def learn(obj: Context, message_class: str, files: tuple[str, ...]) -> None:
+def learn(obj: Context, message_class: str, files: tuple[str, ...], user: str | None) -> None:
     """Teach spamd that messages are spam or ham (TELL; spamd needs --allow-tell and Bayes).
 
     \b
     mailfilter learn spam FILE...    each FILE is one message (RFC 5322, as stored in a Maildir)
     mailfilter learn ham < MESSAGE   no FILE: the message on stdin (what IMAPSieve gives)
+    The spamd user taught is the one the message was scored as (our X-Spam-User field, set when
+    [spamd] user or a [recipients] spamd_user applied), unless --user names one.
     Exit status: 0 every message told, 2 an error (a file unreadable, spamd down or refusing TELL).
     """
     config = obj.load()
     failed = 0
     for path in files or ("-",):
         try:
-            learnt = learner.learn(read(path, sys.stdin.buffer), message_class, config.spamd)
+            data = read(path, sys.stdin.buffer)
+            who = user if user is not None else scored_as(data, config.spamd.user)
+            learnt = learner.learn(data, message_class, config.spamd, who)
         except learner.LearnError as exc:
             click.echo(f"mailfilter learn: {exc}", err=True)
             failed += 1

@@ -35,11 +35,11 @@ from typing import Any
 
 import Milter
 
-from .. import journal, log, message, metrics, pipeline
+from .. import journal, log, message, metrics, pipeline, split, subjecttag
 from ..actions import quarantine, report
 from ..config import Config
 from ..daemon import InFlight, notify
-from ..model import Decision, Envelope, ScanResults, Verdict, VirusReport
+from ..model import Action, Decision, Envelope, Group, ScanResults, Verdict, VirusReport
 from ..spool import Spool
 from .milterreply import STORE_ALLOWANCE, AfterReply, StoreTimeout, bounded
 
@@ -179,7 +179,7 @@ class MailfilterMilter(Milter.Base):
             raise RuntimeError("end of message without a message")
         envelope = Envelope(self.sender, tuple(self.recipients), QUEUE_ID.get())
         try:
-            outcome = self.runner.run(spool, self.config) if self.runner else pipeline.run(spool, self.config)
+            outcome = (self.runner or pipeline).run(spool, self.config, envelope, "milter")
             return self.act(envelope, spool, outcome)
         finally:
             self.end_message()
@@ -212,8 +212,11 @@ class MailfilterMilter(Milter.Base):
 
     def act(self, envelope: Envelope, spool: Spool, outcome: pipeline.Outcome) -> int:
         """Set the reply; hand everything the reply does not depend on to the after-reply thread."""
-        decision, results = outcome.decision, outcome.results
-        action = _milter_action(decision, self.config)
+        groups = split.for_one_answer(outcome.groups)
+        if len(groups) > 1:
+            return self.act_split(envelope, spool, outcome, groups)
+        decision, results = groups[0].decision, outcome.results
+        action = decision.action.value
         quarantine_id = None
         if action == "quarantine":  # the one slow step a DISCARD must wait for: bounded
             meta, store = quarantine.describe(envelope, spool, results, decision), quarantine.open_store(self.config.quarantine)
@@ -223,36 +226,75 @@ class MailfilterMilter(Milter.Base):
                 LOG.error("%s: message deferred (the entry may still appear; the client's retry then makes a second one)", exc)
                 self.setreply(*TEMPFAIL_REPLY, "mailfilter: quarantine busy, try again later")
                 return Milter.TEMPFAIL
-        status = self.reply(action, decision, results)
+        status = self.reply(action, decision, results, spool)
         # The reply is sealed. What follows only prepares the after-reply work and must not change it.
-        ctx = None
-        if decision.report and (decision.verdict is not Verdict.VIRUS or action in ("quarantine", "hold")):
+        self.after_reply_for(envelope, spool, results, ((envelope, decision, action, quarantine_id),))
+        return status
+
+    def act_split(self, envelope: Envelope, spool: Spool, outcome: pipeline.Outcome, groups: tuple[Group, ...]) -> int:
+        """Recipients split by the policy: those whose group is not delivered are removed from the message
+        (delrcpt) and their copy quarantined, an entry per group; the rest get the first delivered group's
+        headers. No recipient left: discarded (every copy is held). A store that times out defers it all."""
+        results, parts = outcome.results, []
+        store = quarantine.open_store(self.config.quarantine)
+        for group in groups:
+            if group.decision.action is Action.DELIVER:
+                continue
+            part = Envelope(envelope.sender, group.recipients, envelope.queue_id)
+            meta = quarantine.describe(part, spool, results, group.decision)
             try:
-                ctx = report.context(envelope, spool, results, decision, quarantine_id)  # reads the head: before the spool closes
-            except Exception as exc:  # noqa: BLE001 - a report never changes the message's fate
-                LOG.error("admin report not sent: %s", exc)
-        delay, now = time.monotonic() - self.started, datetime.now(UTC)
-        line = functools.partial(log.summary, envelope, results, decision, delay, milter=action, quarantine=quarantine_id)
+                quarantine_id = bounded(functools.partial(store.store, spool, meta), STORE_ALLOWANCE, "quarantine store")
+            except StoreTimeout as exc:
+                LOG.error("%s: message deferred (entries stored for its other recipients stay; the retry makes new ones)", exc)
+                self.setreply(*TEMPFAIL_REPLY, "mailfilter: quarantine busy, try again later")
+                return Milter.TEMPFAIL
+            parts.append((part, group.decision, "quarantine", quarantine_id))
+        delivered = [group for group in groups if group.decision.action is Action.DELIVER]
+        for part, *_ in parts:
+            for recipient in part.recipients:
+                self.delrcpt(f"<{recipient}>")
+        if delivered:
+            self.mark(delivered[0].decision, spool)
+            for group in delivered:
+                parts.append((Envelope(envelope.sender, group.recipients, envelope.queue_id), group.decision, "deliver", None))
+        status = Milter.CONTINUE if delivered else Milter.DISCARD
+        self.after_reply_for(envelope, spool, results, tuple(parts))
+        return status
+
+    def after_reply_for(self, envelope: Envelope, spool: Spool, results: ScanResults, parts: tuple) -> None:
+        """Prepare (reading the head now: the spool closes after eom) and queue the bookkeeping of each
+        PART (envelope, decision, milter action, quarantine id): reports, journal, metrics, summary lines."""
+        jobs = []
+        delay, now, spool_size = time.monotonic() - self.started, datetime.now(UTC), spool.size
+        for part, decision, action, quarantine_id in parts:
+            ctx = None
+            if decision.report and (decision.verdict is not Verdict.VIRUS or action in ("quarantine", "hold")):
+                try:
+                    ctx = report.context(part, spool, results, decision, quarantine_id)  # reads the head: before the spool closes
+                except Exception as exc:  # noqa: BLE001 - a report never changes the message's fate
+                    LOG.error("admin report not sent: %s", exc)
+            line = functools.partial(log.summary, part, results, decision, delay, milter=action, quarantine=quarantine_id)
+            jobs.append((part, decision, action, quarantine_id, ctx, line))
 
         def bookkeeping() -> None:
             for failure in results.failures:
                 LOG.warning("%s", failure.describe())
-            for warning in decision.warnings:
-                LOG.warning("%s", warning)
-            sent = self.send_report(ctx) if ctx is not None else None
-            self.account(journal.event("milter", envelope, results, decision, action, spool_size, delay, now, quarantine_id))
-            LOG.info("%s", line(report=sent))
+            for part, decision, action, quarantine_id, ctx, line in jobs:
+                for warning in decision.warnings:
+                    LOG.warning("%s", warning)
+                sent = self.send_report(ctx) if ctx is not None else None
+                self.account(journal.event("milter", part, results, decision, action, spool_size, delay, now, quarantine_id))
+                LOG.info("%s", line(report=sent))
 
-        spool_size = spool.size
-        self.after_reply(bookkeeping, line(report="dropped" if ctx is not None else None))
-        return status
+        summary = "; ".join(line(report="dropped" if ctx is not None else None) for *_, ctx, line in jobs)
+        self.after_reply(bookkeeping, summary)
 
-    def reply(self, action: str, decision: Decision, results: ScanResults) -> int:
+    def reply(self, action: str, decision: Decision, results: ScanResults, spool: Spool) -> int:
         """The milter actions and reply for ACTION (a quarantine entry is already stored)."""
         if action == "deliver":
-            self.mark(decision)
+            self.mark(decision, spool)
         elif action == "hold":
-            self.mark(decision)
+            self.mark(decision, spool)
             self.quarantine(f"mailfilter: {decision.verdict.value}")
         elif action == "quarantine":
             return Milter.DISCARD
@@ -277,12 +319,22 @@ class MailfilterMilter(Milter.Base):
         except Exception:
             LOG.exception("journal line or metrics not recorded")
 
-    def mark(self, decision: Decision) -> None:
-        """Remove spoofed copies of our fields, then insert ours at the top, in order."""
+    def mark(self, decision: Decision, spool: Spool) -> None:
+        """Remove spoofed copies of our fields, then insert ours at the top, in order; tag the Subject."""
         for name, index in sorted(self.own_fields, key=lambda f: -f[1]):
             self.chgheader(name, index, "")
         for position, (name, value) in enumerate(decision.headers):
             self.addheader(name, message.header_value(value), position)
+        edit = None
+        if decision.subject_tag:
+            edit = subjecttag.tag(subjecttag.raw_subject(spool.read(message.HEAD_LIMIT)), decision.subject_tag)
+        if edit is not None:
+            subject, previous = subjecttag.milter_values(edit)
+            if previous is None:
+                self.addheader("Subject", subject, -1)
+            else:
+                self.chgheader("Subject", 1, subject)
+                self.addheader("X-Spam-Prev-Subject", previous, -1)
 
     def send_report(self, ctx: report.Context) -> str:
         try:
@@ -308,13 +360,6 @@ def _reply_text(decision: Decision, results: ScanResults) -> str:
     else:
         text = decision.dsn.text if decision.dsn else f"message {decision.action.value}"
     return message.printable(text, 400).replace("%", "%%")
-
-
-def _milter_action(decision: Decision, config: Config) -> str:
-    """The policy's action, with the milter's own choice for viruses ([milter] virus)."""
-    if decision.verdict is Verdict.VIRUS:
-        return config.milter.virus
-    return decision.action.value
 
 
 # --- the daemon --------------------------------------------------------------------------------

@@ -322,26 +322,25 @@ def filter_message(
     The message's fate is sealed when sendmail has accepted it or its quarantine entry is
     durable: from that point on the answer is success, whatever the bookkeeping meets.
     """
-    from .. import pipeline
-    from ..actions import quarantine, reinject
+    from .. import pipeline, split
     from ..model import Action
 
-    outcome = runner.run(spool, config) if runner else pipeline.run(spool, config)
-    decision = outcome.decision
+    outcome = runner.run(spool, config, envelope) if runner else pipeline.run(spool, config, envelope)
     queue_id = envelope.queue_id or "NOQUEUE"
     for failure in outcome.results.failures:
         logger.warning("%s: %s", queue_id, failure.describe())
-    for warning in decision.warnings:
-        logger.warning("%s: %s", queue_id, warning)
+    groups = split.for_one_answer(outcome.groups)
+    for group in groups:
+        for warning in group.decision.warnings:
+            logger.warning("%s: %s", queue_id, warning)
+    if len(groups) > 1:
+        return _split(envelope, spool, outcome, groups, config, logger, started, gate)
 
+    decision = groups[0].decision
     quarantine_id = None
     if decision.action in (Action.DELIVER, Action.QUARANTINE):
         gate(config)  # the worker's client must still wait for the answer; raises ClientGone if not
-        if decision.action is Action.DELIVER:
-            reinject.reinject(_rewritten(spool, decision.headers), envelope, config.delivery)
-        else:
-            meta = quarantine.describe(envelope, spool, outcome.results, decision)
-            quarantine_id = quarantine.open_store(config.quarantine).store(spool, meta)
+        quarantine_id = _seal(envelope, spool, outcome, decision, config)
         # Sealed: from here on nothing may turn this message into a deferral.
 
     head = _head(spool)  # the door closes SPOOL before the bookkeeping runs
@@ -354,11 +353,67 @@ def filter_message(
     return Answer(status, decision.dsn.line() if decision.dsn else None, after)
 
 
-def _rewritten(spool: Spool, headers: tuple[tuple[str, str], ...]):
-    """The message with our headers, streamed from the spool: the body is never held in memory."""
+def _seal(envelope: Envelope, spool: Spool, outcome, decision, config: Config) -> str | None:
+    """Deliver ENVELOPE's copy (sendmail) or quarantine it; the quarantine id, or None when delivered."""
+    from ..actions import quarantine, reinject
+    from ..model import Action
+
+    if decision.action is Action.DELIVER:
+        reinject.reinject(_rewritten(spool, decision), envelope, config.delivery)
+        return None
+    meta = quarantine.describe(envelope, spool, outcome.results, decision)
+    return quarantine.open_store(config.quarantine).store(spool, meta)
+
+
+def _split(envelope: Envelope, spool: Spool, outcome, groups, config: Config, logger, started: float, gate) -> Answer:
+    """Recipients split by the policy: each group delivered (one sendmail call) or quarantined (one entry),
+    each sealed group written to the split log before the next is tried. A group failing after another
+    was sealed defers the message (the exception reaches handle()); the retry skips what the log lists.
+    Exit 0 once every group is sealed."""
+    import dataclasses
+
+    from .. import pipeline
+    from ..actions import splitlog
+    from ..doors import smtpledger
+
+    book = splitlog.SplitLog(config.report.state_dir, smtpledger.key(envelope, spool.read()))
+    before = book.sealed()
+    if before:
+        logger.info("%s: a retry of a split message: %d recipient(s) sealed before, skipped", envelope.queue_id or "NOQUEUE", len(before))
+    gate(config)
+    done = []
+    for group in groups:
+        todo = tuple(r for r in group.recipients if r not in before)
+        if not todo:
+            continue
+        part = dataclasses.replace(envelope, recipients=todo)
+        quarantine_id = _seal(part, spool, outcome, group.decision, config)
+        book.record(todo, f"quarantined {quarantine_id}" if quarantine_id else "delivered")
+        done.append((part, pipeline.Outcome(outcome.results, (group,), outcome.senders), quarantine_id))
+    # Sealed, every group: from here on nothing may turn this message into a deferral.
+    head = _head(spool)
+
+    def after() -> None:
+        with head:
+            for part, one, quarantine_id in done:
+                _bookkeeping(part, head, one, quarantine_id, config, logger, started)
+
+    return Answer(EX_OK, None, after)
+
+
+def _rewritten(spool: Spool, decision):
+    """The message with our headers (and the subject tag), streamed from the spool: the body is never held in memory."""
     from .. import message
 
-    return message.rewritten(spool, headers)
+    return message.rewritten(spool, decision.headers, subject=_subject_edit(spool, decision))
+
+
+def _subject_edit(spool: Spool, decision):
+    if not decision.subject_tag:
+        return None
+    from .. import message, subjecttag
+
+    return subjecttag.tag(subjecttag.raw_subject(spool.read(message.HEAD_LIMIT)), decision.subject_tag)
 
 
 def _head(spool: Spool) -> Spool:

@@ -54,6 +54,10 @@ def to_record(path: str, outcome: pipeline.Outcome) -> dict:
     else:
         code = virus.code if virus.code is not None else ERROR_CODE
         record["virus"] = {"names": [], "code": code, "text": clamscan_code_text(code), "error": virus.describe(), "unscannable": []}
+    attachments = outcome.results.attachments
+    record["banned"] = [{"part": b.part, "type": b.type, "reason": b.reason} for b in attachments.banned] if attachments else []
+    record["encrypted"] = list(attachments.encrypted) if attachments else []
+    record["uninspected"] = list(attachments.uninspected) if attachments else []
     record["errors"] = [f.describe() for f in outcome.results.failures]
     record["headers"] = [[name, value] for name, value in decision.headers]
     return record
@@ -72,6 +76,9 @@ def human(result: FileResult) -> str:
         lines.append(f"  spam:    {spam.get('skipped') or spam.get('error')}")
     lines.append(f"  virus:   {', '.join(virus['names']) or virus['text']}" + (f" ({virus['error']})" if "error" in virus else ""))
     lines.extend(f"  unscannable: {printable(reason, 300)}" for reason in virus.get("unscannable", ()))
+    lines.extend(f"  banned:  {printable(b['part'], 200)} ({b['type'] or '?'}): {b['reason']}" for b in r.get("banned", ()))
+    lines.extend(f"  encrypted: {printable(name, 200)}" for name in r.get("encrypted", ()))
+    lines.extend(f"  not inspected: {printable(why, 300)}" for why in r.get("uninspected", ()))
     lines.append(f"  action:  {r['action']}")
     lines.extend(f"  {name}: {value}" for name, value in r["headers"])
     return "\n".join(lines)
@@ -84,6 +91,6 @@ def run(paths: list[str], config: Config, as_json: bool, echo) -> int:
         echo(json.dumps(result.record, sort_keys=True) if as_json else human(result))
         if result.verdict is Verdict.ERROR:
             status = EXIT_ERROR
-        elif result.verdict in (Verdict.SPAM, Verdict.VIRUS, Verdict.UNSCANNABLE) and status == EXIT_CLEAN:
+        elif result.verdict in (Verdict.SPAM, Verdict.VIRUS, Verdict.UNSCANNABLE, Verdict.BANNED) and status == EXIT_CLEAN:
             status = EXIT_FOUND
     return status

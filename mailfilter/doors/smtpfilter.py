@@ -13,11 +13,12 @@ durable. Before that point every failure is a 451 4.3.0 (filter()'s one catch); 
 whatever the bookkeeping meets (it runs after the reply, on the AfterReply thread, and never raises).
 The sealed fate is written to the ledger (smtpledger) at once, so that Postfix's retry of a message whose
 250 it never got is answered from there, not reinjected or quarantined again.
-The policy has one action per message today; per-recipient groups (issue 12) will change only act().
+Recipients the policy splits (split.py) get a reinjection or an entry per group (act_split).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
@@ -25,10 +26,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from .. import journal, log, message, metrics, pipeline
-from ..actions import quarantine, report
+from .. import journal, log, message, metrics, pipeline, split, subjecttag
+from ..actions import quarantine, report, splitlog
 from ..config import Config
-from ..model import Action, Envelope, Verdict
+from ..model import Action, Decision, Envelope, Group, Verdict
 from ..spool import Spool
 from . import smtpledger
 from .smtpledger import Ledger
@@ -130,12 +131,16 @@ def act(
 ) -> Answer:
     config, envelope = deps.config, received.envelope
     queue_id = envelope.queue_id or "NOQUEUE"
-    outcome = deps.runner.run(spool, config)
-    decision = outcome.decision
+    outcome = deps.runner.run(spool, config, envelope, DOOR)
     for failure in outcome.results.failures:
         LOG.warning("%s: %s", queue_id, failure.describe())
-    for warning in decision.warnings:
-        LOG.warning("%s: %s", queue_id, warning)
+    groups = split.for_one_answer(outcome.groups)
+    for group in groups:
+        for warning in group.decision.warnings:
+            LOG.warning("%s: %s", queue_id, warning)
+    if len(groups) > 1:
+        return act_split(received, spool, deps, waiting, started, outcome, groups, message_key)
+    decision = groups[0].decision
     quarantine_id = reinjected = None
     if decision.action is Action.DELIVER:
         transaction = Transaction(envelope.sender, envelope.recipients, received.xforward, received.eight_bit, received.smtputf8)
@@ -145,7 +150,7 @@ def act(
             note(deps, "dot", message_key)
 
         try:
-            reinjected = deps.pool.deliver(transaction, message.rewritten(spool, decision.headers), gate=gate)
+            reinjected = deps.pool.deliver(transaction, rewritten(spool, decision), gate=gate)
         except ReinjectError as exc:
             if not exc.maybe_taken:
                 note(deps, "answered", message_key)  # refused outright (or never sent): nothing of it was taken
@@ -177,6 +182,68 @@ def act(
 
     sealed = message_key if decision.action in (Action.DELIVER, Action.QUARANTINE) else None
     return Answer(answer, after, sealed)
+
+
+def rewritten(spool: Spool, decision: Decision):
+    """The message with our headers and the subject tag, streamed from the spool."""
+    edit = None
+    if decision.subject_tag:
+        edit = subjecttag.tag(subjecttag.raw_subject(spool.read(message.HEAD_LIMIT)), decision.subject_tag)
+    return message.rewritten(spool, decision.headers, subject=edit)
+
+
+def act_split(
+    received: Received,
+    spool: Spool,
+    deps: Dependencies,
+    waiting: Callable[[], None],
+    started: float,
+    outcome: pipeline.Outcome,
+    groups: tuple[Group, ...],
+    message_key: str | None,
+) -> Answer:
+    """Recipients split by the policy (split.py): a reinjection per delivered group, an entry per
+    quarantined one, each sealed group in the split log before the next; a later failure is a 451 and
+    the retry skips what the log lists. The 250 names what was done."""
+    envelope, config = received.envelope, deps.config
+    book = splitlog.SplitLog(config.report.state_dir, message_key or smtpledger.key(envelope, spool.read()))
+    before = book.sealed()
+    waiting()
+    done: list[tuple[Envelope, pipeline.Outcome, str | None]] = []
+    for group in groups:
+        todo = tuple(r for r in group.recipients if r not in before)
+        if not todo:
+            continue
+        part, quarantine_id = dataclasses.replace(envelope, recipients=todo), None
+        if group.decision.action is Action.DELIVER:
+            transaction = Transaction(envelope.sender, todo, received.xforward, received.eight_bit, received.smtputf8)
+
+            def gate() -> None:
+                waiting()
+                note(deps, "dot", message_key)
+
+            deps.pool.deliver(transaction, rewritten(spool, group.decision), gate=gate)
+        else:
+            meta = quarantine.describe(part, spool, outcome.results, group.decision)
+            quarantine_id = quarantine.open_store(config.quarantine).store(spool, meta)
+        book.record(todo, f"quarantined {quarantine_id}" if quarantine_id else "delivered")
+        done.append((part, pipeline.Outcome(outcome.results, (group,), outcome.senders), quarantine_id))
+    delivered = sum(len(p.recipients) for p, _, qid in done if qid is None)
+    held = [qid for _, _, qid in done if qid]
+    text = f"mailfilter: split: {delivered} recipient(s) reinjected, quarantined as {', '.join(held) or 'none'}"
+    if before:
+        text += f", {len(before)} done before"
+    answer = reply(250, (2, 0, 0), text)
+    note(deps, "seal", message_key, answer)
+
+    def after() -> None:
+        try:
+            for part, one, quarantine_id in done:
+                bookkeeping(dataclasses.replace(received, envelope=part), spool, one, quarantine_id, deps, started)
+        finally:
+            spool.close()
+
+    return Answer(answer, after, message_key)
 
 
 def stored_before(deps: Dependencies, message_key: str, queue_id: str) -> Answer | None:

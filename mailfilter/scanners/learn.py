@@ -28,8 +28,9 @@ class Learnt:
     did_remove: str
 
 
-def learn(message: bytes, message_class: str, config: SpamdConfig) -> Learnt:
-    """TELL spamd (CONFIG's socket, else host:port) that MESSAGE is MESSAGE_CLASS ('spam' or 'ham')."""
+def learn(message: bytes, message_class: str, config: SpamdConfig, user: str = "") -> Learnt:
+    """TELL spamd (CONFIG's socket, else host:port) that MESSAGE is MESSAGE_CLASS ('spam' or 'ham'), as spamd's
+    USER (its Bayes data; '' : spamd's own)."""
     if message_class not in CLASSES:
         raise ValueError(f"message_class must be one of {CLASSES}, not {message_class!r}")
     import aiospamc
@@ -43,7 +44,9 @@ def learn(message: bytes, message_class: str, config: SpamdConfig) -> Learnt:
     target = {"socket_path": config.socket} if config.socket else {"host": config.host, "port": config.port}
     try:
         response = asyncio.run(
-            aiospamc.tell(message, message_class, set_action="local", timeout=Timeout(total=config.timeout), **target)
+            aiospamc.tell(
+                message, message_class, set_action="local", timeout=Timeout(total=config.timeout), user=user or None, **target
+            )
         )
     except ResponseException as exc:  # spamd answered with an error: TELL not allowed, no Bayes, ...
         raise LearnError(f"spamd at {where} refused TELL: {exc} (is it started with --allow-tell and use_bayes 1?)") from None

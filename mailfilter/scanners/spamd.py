@@ -51,7 +51,7 @@ def truncate(head: bytes) -> bytes:
 def scan_blocking(message: bytes, config: SpamdConfig) -> SpamOutcome:
     """Blocking, for a thread: one deadline ([spamd] timeout) for the whole pool ([spamd] servers, else the
     single host/port or socket): connecting, sending and reading the answer, failover included."""
-    request = _request(message)
+    request = _request(message, config.user)
     servers = pool.members(config.servers, config.host, config.port, config.socket)
 
     def attempt(server: pool.Server, budget: float) -> SpamOutcome:
@@ -136,8 +136,8 @@ def _connection_failed() -> Exception:
     return ConnectFailed()
 
 
-def _request(message: bytes) -> bytes:
-    """The SYMBOLS request, with the message's CRLF line ends as LF.
+def _request(message: bytes, user: str = "") -> bytes:
+    """The SYMBOLS request, with the message's CRLF line ends as LF; USER (spamc -u) as its User header.
 
     A milter gets the message in SMTP's CRLF form; SpamAssassin turns CRLF into LF
     itself, which cost spamd some 3 ms of CPU per 22 kB message here (4% of its
@@ -145,7 +145,8 @@ def _request(message: bytes) -> bytes:
     is left as it is.
     """
     body = message.replace(b"\r\n", b"\n")
-    return b"SYMBOLS SPAMC/1.5\r\nContent-length: %d\r\n\r\n" % len(body) + body
+    who = b"User: %s\r\n" % user.encode("ascii") if user else b""
+    return b"SYMBOLS SPAMC/1.5\r\nContent-length: %d\r\n%s\r\n" % (len(body), who) + body
 
 
 def _report(answer: bytes) -> SpamOutcome:

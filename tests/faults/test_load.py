@@ -144,7 +144,9 @@ def filtered_once(postfix: PostfixInstance):
 def account(postfix: PostfixInstance, clients: ClientLoop, chaos: ChaosLoop, sendmail: FlakySendmail, daemons: Daemons, **how) -> tuple:
     """After the load (everything up again): drain the queue, account for every message; return (figures, problems).
 
-    how: wiring, folder (the filter's), virus_rejected (bool), log (the filter's log text) and action_key (its action field), load_seconds.
+    how: wiring, folder (the filter's), virus_rejected (bool), log (the filter's log text) and action_key (its action field), load_seconds;
+    writers_killed (bool): the filter was SIGKILLed during the run, so a store may have been cut mid-write: what it left is
+    removed by the store's own sweep (as `quarantine purge` does) and counted; anything the sweep leaves is a problem.
     """
     folder = how["folder"]
     during_load = len(postfix.sink.deliveries)
@@ -153,9 +155,17 @@ def account(postfix: PostfixInstance, clients: ClientLoop, chaos: ChaosLoop, sen
     deliveries = postfix.sink.deliveries
     quarantine = [meta for meta, _ in quarantined(folder / "quarantine")]
     accounting = Accounting(clients.attempts, deliveries, quarantine, virus_rejected=how["virus_rejected"]).check()
+    swept = []
+    if how.get("writers_killed"):
+        from datetime import timedelta
+
+        from mailfilter.actions.quarantine import FolderStore
+
+        swept = FolderStore(str(folder / "quarantine")).sweep(timedelta(0))  # the load is over: no writer is in flight
     problems = accounting.problems + check_quarantine_folder(folder / "quarantine")
     figures = {
         **accounting.figures,
+        "store_leftovers_swept": len(swept),
         "sink_deliveries_during_load": during_load,
         "sink_deliveries_after_load": len(deliveries) - during_load,
         "queued_after_load": queued,

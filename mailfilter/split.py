@@ -1,0 +1,42 @@
+"""A message whose recipients the policy splits, carried out by a door that gives one answer.
+
+pipe(8) takes one exit status per message and SMTP one reply after DATA, so the groups of
+policy.plan() are reduced to what such a door can do (pure):
+
+- one group: its decision, as it is;
+- a group that defers (a scanner down, tempfail policy): the whole message is deferred before
+  anything is delivered, so nothing needs remembering;
+- every group rejects: the message is rejected (the first group's DSN);
+- otherwise the groups that reject have their copy quarantined, and each group is delivered or
+  quarantined on its own. If a later group fails after an earlier one was sealed, the door defers
+  and remembers what was sealed (actions/splitlog.py), so that Postfix's retry skips it.
+
+The milter answers per message too but can drop recipients (delrcpt): it uses plan() itself.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from .model import Action, Group
+
+SEALING = (Action.DELIVER, Action.QUARANTINE)
+
+
+def for_one_answer(groups: tuple[Group, ...]) -> tuple[Group, ...]:
+    """GROUPS as a door with one answer per message carries them out (see the module's text)."""
+    if len(groups) <= 1:
+        return groups
+    deferred = next((g for g in groups if g.decision.action is Action.TEMPFAIL), None)
+    if deferred is not None:
+        return (Group(tuple(r for g in groups for r in g.recipients), deferred.decision),)
+    if all(g.decision.action is Action.REJECT for g in groups):
+        return (Group(tuple(r for g in groups for r in g.recipients), groups[0].decision),)
+    carried = []
+    for group in groups:
+        if group.decision.action is Action.REJECT:
+            decision = dataclasses.replace(group.decision, action=Action.QUARANTINE, dsn=None)
+            carried.append(Group(group.recipients, decision))
+        else:
+            carried.append(group)
+    return tuple(carried)
