@@ -58,7 +58,7 @@ def event(
         "virus_seconds": round(results.virus_seconds, 4) if results else None,
         "servers": dict(results.servers) if results else {},  # scanner -> the pool member that answered
         "failovers": dict(results.failovers) if results else {},  # scanner -> members that failed first
-        "banned": [b.part for b in results.attachments.banned] if results and results.attachments else [],
+        "banned": [f"{b.part}: {b.reason}" for b in results.attachments.banned] if results and results.attachments else [],
         "sender_rule": decision.sender_rule if decision else "",  # "allow ENTRY" / "block ENTRY": a [senders] hit
     }
 

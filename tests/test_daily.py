@@ -18,7 +18,7 @@ from mailfilter import config as configmod
 from mailfilter import journal, policy
 from mailfilter.cli import Context
 from mailfilter.commands import daily
-from mailfilter.model import Cause, Envelope, ScanFailure, ScanResults, SpamReport, VirusReport
+from mailfilter.model import AttachmentReport, Banned, Cause, Envelope, ScanFailure, ScanResults, SenderHits, SpamReport, VirusReport
 
 GOLDEN = Path(__file__).parent / "golden"
 DAY = date(2026, 11, 26)
@@ -35,10 +35,12 @@ SPAMD_SLOW = ScanFailure("spamd", Cause.TIMEOUT, "no answer in 60 s")
 CONFIG = configmod.from_dict({"spamd": {"on_error": "accept"}, "quarantine": {"spam_score": 10.0}})
 
 
-def event(hour, minute=0, sender="alice@example.org", spam=HAM, virus=NO_VIRUS, door="pipe", action=None, day=DAY):
+def event(
+    hour, minute=0, sender="alice@example.org", spam=HAM, virus=NO_VIRUS, door="pipe", action=None, day=DAY, attachments=None, hits=None
+):
     """One journal event, decided by the real policy; a quarantine id when the message was quarantined."""
-    results = ScanResults(spam, virus, 0.2, 0.05)
-    decision = policy.decide(results, CONFIG)
+    results = ScanResults(spam, virus, 0.2, 0.05, attachments=attachments)
+    decision = policy.decide(results, CONFIG, senders=hits or SenderHits())
     action = action or decision.action.value
     quarantine_id = f"q{hour:02d}{minute:02d}" if action == "quarantine" else None
     when = datetime.combine(day, time(hour, minute), UTC)
@@ -55,6 +57,11 @@ def day_of_mail() -> list[dict]:
     events += [event(3, 17, "", virus=TROJAN, door="milter", action="reject")]
     events += [event(5, 0, "carol@example.org", virus=CLAMD_DOWN), event(5, 1, "carol@example.org", virus=CLAMD_DOWN)]
     events += [event(12, 30, "dave@example.org", spam=SPAMD_SLOW)]
+    exe = AttachmentReport(banned=(Banned("invoice.pdf.exe", "application/x-dosexec", "hidden extension: invoice.pdf.exe"),))
+    events += [
+        event(15, 0, "eve@example.com", attachments=exe),
+        event(15, 1, "x@partner.example", SPAM, hits=SenderHits(allow="partner.example")),
+    ]
     return sorted(events, key=lambda e: e["time"])
 
 
@@ -73,13 +80,14 @@ def test_text_matches_golden():
 def test_counts_tops_and_bars():
     lines = daily.text(summary()).splitlines()
     for expected in [
-        "Messages filtered: 21 (a deferred message counts once per attempt)",
-        "  clean            10",
+        "Messages filtered: 23 (a deferred message counts once per attempt)",
+        "  clean            11",  # one of them spam from a sender on [senders] allow
         "  spam              5",
         "  virus             3",
         "  error             3",  # 2 deferred (ClamAV down) + 1 delivered without spamd's verdict
-        "  deliver          13",
-        "  quarantine        5",  # 3 spam of 12.0 + 2 EICAR
+        "  banned            1",
+        "  deliver          14",
+        "  quarantine        6",  # 3 spam of 12.0 + 2 EICAR + invoice.pdf.exe
         "  hold              0",
         "  reject            1",
         "  tempfail          2",
@@ -89,7 +97,9 @@ def test_counts_tops_and_bars():
         "        2  clamav:unavailable",
         "        1  spamd:timeout",
         "        1  spamd",
-        "  added:     5 message(s), 10.1 kB",
+        "        1  invoice.pdf.exe: hidden extension: invoice.pdf.exe",
+        "        1  allow partner.example",
+        "  added:     6 message(s), 12.1 kB",
         "  held now:  7 message(s), 123.5 kB",
         "  03      3 VVV",
         "  09      5 ##sss",
@@ -198,7 +208,7 @@ def test_command_prints_the_day_and_only_that_day(tmp_path, make_config, report_
     result = report_cli(make_config(), "--date", "2026-11-26")
     assert result.exit_code == 0, result.output
     assert result.output.startswith(f"mailfilter daily report for 2026-11-26 on {os.uname().nodename} (UTC)\n")
-    assert "Messages filtered: 21 " in result.output
+    assert "Messages filtered: 23 " in result.output
     assert "  held now:  0 message(s), 0 bytes" in result.output  # the quarantine folder does not exist
 
 

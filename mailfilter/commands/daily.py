@@ -59,6 +59,8 @@ class Summary:
     quarantine_now: tuple[int, int]  # (messages, bytes) held when the report was made
     hourly: dict[str, list[int]]  # verdict -> 24 counts, hours in UTC
     hosts: Counter[str] = field(default_factory=Counter)  # messages by MX host: a fleet's journal ([report] journal_store)
+    banned: Counter[str] = field(default_factory=Counter)  # "part: why" of the banned attachments
+    sender_rules: Counter[str] = field(default_factory=Counter)  # "allow ENTRY" / "block ENTRY": [senders] hits
 
 
 def summarize(events: list[dict[str, Any]], day: date, hostname: str, quarantine_now: tuple[int, int]) -> Summary:
@@ -71,6 +73,8 @@ def summarize(events: list[dict[str, Any]], day: date, hostname: str, quarantine
     unscanned: Counter[str] = Counter()
     hourly = {verdict: [0] * 24 for verdict in VERDICTS}
     hosts: Counter[str] = Counter(str(event["host"]) for event in events if event.get("host"))
+    banned: Counter[str] = Counter(str(part) for event in events for part in event.get("banned") or ())
+    sender_rules: Counter[str] = Counter(str(event["sender_rule"]) for event in events if event.get("sender_rule"))
     quarantined = quarantined_bytes = 0
     for event in events:
         verdict = str(event.get("verdict"))
@@ -101,6 +105,8 @@ def summarize(events: list[dict[str, Any]], day: date, hostname: str, quarantine
         quarantine_now=quarantine_now,
         hourly=hourly,
         hosts=hosts,
+        banned=banned,
+        sender_rules=sender_rules,
     )
 
 
@@ -120,6 +126,8 @@ def text(summary: Summary, bars: bool = True) -> str:
         if s.hosts:
             lines += _table("By host", s.hosts, ())
         lines += _top("Top viruses", s.viruses, str)
+        lines += _top("Banned attachments (part: why)", s.banned, str)
+        lines += _top("Sender list hits ([senders])", s.sender_rules, str)
         lines += _top("Top spam senders", s.spam_senders, lambda sender: f"<{sender}>")
         lines += _top("Scanner failures (scanner:cause)", s.failures, str)
         lines += _top('Delivered unscanned (on_error = "accept"), by scanner', s.unscanned, str)
