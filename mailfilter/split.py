@@ -17,8 +17,10 @@ The milter answers per message too but can drop recipients (delrcpt): it uses pl
 from __future__ import annotations
 
 import dataclasses
+import logging
+from collections.abc import Callable, Mapping
 
-from .model import Action, Group
+from .model import Action, Decision, Envelope, Group
 
 SEALING = (Action.DELIVER, Action.QUARANTINE)
 
@@ -40,3 +42,34 @@ def for_one_answer(groups: tuple[Group, ...]) -> tuple[Group, ...]:
         else:
             carried.append(group)
     return tuple(carried)
+
+
+def warn(groups: tuple[Group, ...], failures: tuple, logger: logging.Logger, queue_id: str) -> None:
+    """Log the scanners' failures and each group's warnings, once each, before anything is carried out."""
+    for failure in failures:
+        logger.warning("%s: %s", queue_id, failure.describe())
+    for warning in dict.fromkeys(w for group in groups for w in group.decision.warnings):
+        logger.warning("%s: %s", queue_id, warning)
+
+
+def carry(
+    envelope: Envelope,
+    groups: tuple[Group, ...],
+    before: Mapping[str, str],
+    seal: Callable[[Envelope, Decision], str | None],
+    record: Callable[[tuple[str, ...], str], None],
+) -> list[tuple[Envelope, Group, str | None]]:
+    """Carry out each group (for_one_answer's) for its recipients not sealed BEFORE: SEAL delivers or
+    quarantines one part (the quarantine id, or None when delivered), RECORD notes it sealed before the next
+    group is tried. An exception stops here (the door defers; what was recorded is skipped next time).
+    Returns (the part's envelope, its group, its quarantine id) for each group carried out now."""
+    done = []
+    for group in groups:
+        todo = tuple(r for r in group.recipients if r not in before)
+        if not todo:
+            continue
+        part = dataclasses.replace(envelope, recipients=todo)
+        quarantine_id = seal(part, group.decision)
+        record(todo, f"quarantined {quarantine_id}" if quarantine_id else "delivered")
+        done.append((part, Group(todo, group.decision), quarantine_id))
+    return done

@@ -248,3 +248,25 @@ def test_the_defaults_ban_executables_by_name_and_type_and_change_nothing_else()
     assert "application/x-dosexec" in config.attachments.banned_types
     assert config.attachments.action == "quarantine" and config.policy.subject_tag == ""
     assert math.isinf(recipients.base_rule(config, "pipe").spam_score)
+
+
+def test_carrying_out_a_split_records_each_group_before_the_next_and_skips_what_was_sealed_before():
+    from mailfilter.model import Decision, Group
+
+    groups = (
+        Group(("a@x.test",), Decision(Verdict.SPAM, Action.QUARANTINE)),
+        Group(("b@x.test", "c@x.test"), Decision(Verdict.SPAM, Action.DELIVER)),
+    )
+    envelope, log = Envelope("s@x.test", ("a@x.test", "b@x.test", "c@x.test"), "Q1"), []
+
+    def failing(part, decision):
+        if decision.action is Action.DELIVER:
+            raise OSError("sendmail failed")
+        return "Q-ID"
+
+    with pytest.raises(OSError):
+        split.carry(envelope, groups, {}, failing, lambda rcpts, what: log.append((rcpts, what)))
+    assert log == [(("a@x.test",), "quarantined Q-ID")]  # recorded before the second group was tried
+    seen = []
+    done = split.carry(envelope, groups, dict((r, w) for rs, w in log for r in rs), lambda p, d: seen.append(p) or None, lambda *_: None)
+    assert [p.recipients for p in seen] == [("b@x.test", "c@x.test")] and [g.recipients for _, g, _ in done] == [("b@x.test", "c@x.test")]

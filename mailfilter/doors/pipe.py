@@ -326,13 +326,8 @@ def filter_message(
     from ..model import Action
 
     outcome = runner.run(spool, config, envelope) if runner else pipeline.run(spool, config, envelope)
-    queue_id = envelope.queue_id or "NOQUEUE"
-    for failure in outcome.results.failures:
-        logger.warning("%s: %s", queue_id, failure.describe())
     groups = split.for_one_answer(outcome.groups)
-    for group in groups:
-        for warning in group.decision.warnings:
-            logger.warning("%s: %s", queue_id, warning)
+    split.warn(groups, outcome.results.failures, logger, envelope.queue_id or "NOQUEUE")
     if len(groups) > 1:
         return _split(envelope, spool, outcome, groups, config, logger, started, gate)
 
@@ -370,9 +365,7 @@ def _split(envelope: Envelope, spool: Spool, outcome, groups, config: Config, lo
     each sealed group written to the split log before the next is tried. A group failing after another
     was sealed defers the message (the exception reaches handle()); the retry skips what the log lists.
     Exit 0 once every group is sealed."""
-    import dataclasses
-
-    from .. import pipeline
+    from .. import pipeline, split
     from ..actions import splitlog
     from ..doors import smtpledger
 
@@ -381,15 +374,12 @@ def _split(envelope: Envelope, spool: Spool, outcome, groups, config: Config, lo
     if before:
         logger.info("%s: a retry of a split message: %d recipient(s) sealed before, skipped", envelope.queue_id or "NOQUEUE", len(before))
     gate(config)
-    done = []
-    for group in groups:
-        todo = tuple(r for r in group.recipients if r not in before)
-        if not todo:
-            continue
-        part = dataclasses.replace(envelope, recipients=todo)
-        quarantine_id = _seal(part, spool, outcome, group.decision, config)
-        book.record(todo, f"quarantined {quarantine_id}" if quarantine_id else "delivered")
-        done.append((part, pipeline.Outcome(outcome.results, (group,), outcome.senders), quarantine_id))
+
+    def seal(part: Envelope, decision) -> str | None:
+        return _seal(part, spool, outcome, decision, config)
+
+    carried = split.carry(envelope, groups, before, seal, book.record)
+    done = [(part, pipeline.Outcome(outcome.results, (group,), outcome.senders), qid) for part, group, qid in carried]
     # Sealed, every group: from here on nothing may turn this message into a deferral.
     head = _head(spool)
 

@@ -132,12 +132,8 @@ def act(
     config, envelope = deps.config, received.envelope
     queue_id = envelope.queue_id or "NOQUEUE"
     outcome = deps.runner.run(spool, config, envelope, DOOR)
-    for failure in outcome.results.failures:
-        LOG.warning("%s: %s", queue_id, failure.describe())
     groups = split.for_one_answer(outcome.groups)
-    for group in groups:
-        for warning in group.decision.warnings:
-            LOG.warning("%s: %s", queue_id, warning)
+    split.warn(groups, outcome.results.failures, LOG, queue_id)
     if len(groups) > 1:
         return act_split(received, spool, deps, waiting, started, outcome, groups, message_key)
     decision = groups[0].decision
@@ -209,25 +205,22 @@ def act_split(
     book = splitlog.SplitLog(config.report.state_dir, message_key or smtpledger.key(envelope, spool.read()))
     before = book.sealed()
     waiting()
-    done: list[tuple[Envelope, pipeline.Outcome, str | None]] = []
-    for group in groups:
-        todo = tuple(r for r in group.recipients if r not in before)
-        if not todo:
-            continue
-        part, quarantine_id = dataclasses.replace(envelope, recipients=todo), None
-        if group.decision.action is Action.DELIVER:
-            transaction = Transaction(envelope.sender, todo, received.xforward, received.eight_bit, received.smtputf8)
+
+    def seal(part: Envelope, decision: Decision) -> str | None:
+        if decision.action is Action.DELIVER:
+            transaction = Transaction(envelope.sender, part.recipients, received.xforward, received.eight_bit, received.smtputf8)
 
             def gate() -> None:
                 waiting()
                 note(deps, "dot", message_key)
 
-            deps.pool.deliver(transaction, rewritten(spool, group.decision), gate=gate)
-        else:
-            meta = quarantine.describe(part, spool, outcome.results, group.decision)
-            quarantine_id = quarantine.open_store(config.quarantine).store(spool, meta)
-        book.record(todo, f"quarantined {quarantine_id}" if quarantine_id else "delivered")
-        done.append((part, pipeline.Outcome(outcome.results, (group,), outcome.senders), quarantine_id))
+            deps.pool.deliver(transaction, rewritten(spool, decision), gate=gate)
+            return None
+        meta = quarantine.describe(part, spool, outcome.results, decision)
+        return quarantine.open_store(config.quarantine).store(spool, meta)
+
+    carried = split.carry(envelope, groups, before, seal, book.record)
+    done = [(part, pipeline.Outcome(outcome.results, (group,), outcome.senders), qid) for part, group, qid in carried]
     delivered = sum(len(p.recipients) for p, _, qid in done if qid is None)
     held = [qid for _, _, qid in done if qid]
     text = f"mailfilter: split: {delivered} recipient(s) reinjected, quarantined as {', '.join(held) or 'none'}"
