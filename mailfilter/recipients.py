@@ -69,7 +69,7 @@ def valid_key(key: str) -> bool:
 
 def parse(data: Any, source: str) -> tuple[tuple[str, Table], ...]:
     """The [recipients] tables of a config file, checked: ((lowercase key, Table), ...)."""
-    from .config import ConfigError, _convert, _header_text, _one_of, _score, _user
+    from .configkeys import ConfigError, _convert, _header_text, _one_of, _score, _user
 
     checks = {"spam_score": _score, "spam_reject_score": _score, "virus": _one_of(*VIRUS), "subject_tag": _header_text}
     checks |= {"banned": _one_of(*BANNED), "spamd_user": _user}
