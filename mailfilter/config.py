@@ -14,7 +14,7 @@ import tomllib
 from dataclasses import MISSING, dataclass, field, fields
 from typing import Any
 
-from .configkeys import (  # noqa: F401 - ConfigError is the config's error for every caller
+from .configkeys import (
     BANNED_ACTIONS,
     MAX_INTERVAL,
     ON_ERROR,
@@ -42,7 +42,6 @@ from .configkeys import (  # noqa: F401 - ConfigError is the config's error for 
     _types,
     _url_or_empty,
     _user,
-    annotation_words,
 )
 from .defaults import BANNED_EXTENSIONS, BANNED_TYPES, PIPE_DEADLINE, WORKER_SOCKET
 from .defaults import CONFIG_ENV as ENV_VAR
