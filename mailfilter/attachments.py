@@ -16,15 +16,11 @@ load it). Built for hostile input: no exception leaves inspect(); a bug inside i
 
 from __future__ import annotations
 
-import email.errors
-import email.header
-import email.policy
-import email.utils
+import functools
 import re
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from email.parser import BytesHeaderParser
 from typing import TYPE_CHECKING
 
 from . import archives, mimewalk
@@ -32,6 +28,8 @@ from .defaults import BANNED_EXTENSIONS, BANNED_TYPES
 from .model import AttachmentReport, Banned
 
 if TYPE_CHECKING:
+    from email.parser import BytesHeaderParser
+
     from .config import AttachmentsConfig
     from .spool import Spool
 
@@ -52,10 +50,21 @@ _UUENCODE_BEGIN = re.compile(rb"^begin(?:-base64)? [0-7]{3,4} ([^\r\n]+)", re.M)
 _UUENCODED = ("x-uuencode", "uuencode", "x-uue")
 _PATH = re.compile(r"[/\\]")
 _BIDI = re.compile("[\u200e\u200f\u202a-\u202e\u2066-\u2069]")  # marks that reorder a name as it is shown
-_PARSERS = (
-    (BytesHeaderParser(policy=email.policy.default), DEFAULT_POLICY_BYTES),
-    (BytesHeaderParser(policy=email.policy.compat32), FIELD_BYTES),
-)
+
+
+@functools.cache
+def _parsers() -> tuple[tuple[BytesHeaderParser, int], ...]:
+    """The two header parsers, made on first use: the email package costs a `mailfilter pipe` process some
+    20 ms to import, and mail without a named part never needs it."""
+    import email.policy
+    from email.parser import BytesHeaderParser
+
+    return (BytesHeaderParser(policy=email.policy.default), DEFAULT_POLICY_BYTES), (
+        BytesHeaderParser(policy=email.policy.compat32),
+        FIELD_BYTES,
+    )
+
+
 _LIMITS = mimewalk.Limits()
 
 
@@ -225,8 +234,9 @@ def _names(leaf: mimewalk.Leaf) -> tuple[list[str], bool, bool]:
         attachment = attachment or (kind == b"d" and b"attachment" in lower)
         if b"name" not in lower:
             continue  # no filename or name parameter: nothing to parse
-        read = [_params(parser, field) if len(field) <= size else None for parser, size in _PARSERS[:1]]
-        read.append(_params(_PARSERS[1][0], field[:FIELD_BYTES]))
+        parsers = _parsers()
+        read = [_params(parser, field) if len(field) <= size else None for parser, size in parsers[:1]]
+        read.append(_params(parsers[1][0], field[:FIELD_BYTES]))
         names += [name for got in read if got for name in got]
         unread = unread or len(field) > FIELD_BYTES or all(got is None for got in read)  # a name cut short is a name not read
     if leaf.encoding in _UUENCODED or leaf.content_type.endswith(", uuencoded"):
@@ -238,6 +248,8 @@ def _names(leaf: mimewalk.Leaf) -> tuple[list[str], bool, bool]:
 
 def _params(parser: BytesHeaderParser, field: bytes) -> list[str] | None:
     """The filename and name parameters of one header FIELD, as PARSER reads them; None when it cannot."""
+    import email.utils
+
     try:
         fields = parser.parsebytes(field + b"\n\n")
         values = [
@@ -253,6 +265,9 @@ def _words(value: str) -> str:
     value = value.strip()
     if "=?" not in value:
         return value
+    import email.errors
+    import email.header
+
     try:
         return str(email.header.make_header(email.header.decode_header(value)))
     except (email.errors.MessageError, ValueError, LookupError, UnicodeError, AssertionError, IndexError):

@@ -288,7 +288,7 @@ def test_a_header_no_parser_reads_falls_back_to_the_part_number(monkeypatch):
         def parsebytes(self, data):
             raise ValueError("no")
 
-    monkeypatch.setattr(attachments, "_PARSERS", ((Broken(), 1024), (Broken(), 4096)))
+    monkeypatch.setattr(attachments, "_parsers", lambda: ((Broken(), 1024), (Broken(), 4096)))
     report = inspect(message(("report.pdf", pe()), ("setup.exe", b"text")))
     kind = "application/vnd.microsoft.portable-executable"
     assert report.banned == (Banned("2", kind, f"banned type {kind}"),)
@@ -582,3 +582,14 @@ def _libmagic(data: bytes) -> str:
     import magic
 
     return magic.from_buffer(data, mime=True)
+
+
+def test_mail_without_a_named_part_needs_neither_the_email_package_nor_libmagic():
+    """What a `mailfilter pipe` process pays: plain mail is checked without importing either (a fresh interpreter)."""
+    code = (
+        "import sys\nfrom mailfilter import attachments\n"
+        "r = attachments.inspect(b'From: a@b\\nSubject: hi\\nContent-Type: text/plain; charset=utf-8\\n\\nhello\\n')\n"
+        "print(r.banned, [m for m in sys.modules if m == 'magic' or m.startswith('email')])"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "() []"
