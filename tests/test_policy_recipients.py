@@ -270,3 +270,18 @@ def test_carrying_out_a_split_records_each_group_before_the_next_and_skips_what_
     seen = []
     done = split.carry(envelope, groups, dict((r, w) for rs, w in log for r in rs), lambda p, d: seen.append(p) or None, lambda *_: None)
     assert [p.recipients for p in seen] == [("b@x.test", "c@x.test")] and [g.recipients for _, g, _ in done] == [("b@x.test", "c@x.test")]
+
+
+def test_the_readme_example_is_a_valid_config_and_does_what_it_says():
+    import re
+    import tomllib
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme[readme.index("## Per-recipient policy") :]
+    example = re.search(r"```toml\n(.*?)```", section, re.S).group(1)
+    config = configmod.from_dict(tomllib.loads(example), "README.md")
+    base, tables = recipients.base_rule(config, "pipe"), dict(config.recipients)
+    info, sales = (recipients.rule_for(a, base, tables) for a in ("info@unix.specialist.ru", "sales@unix.specialist.ru"))
+    assert (info.spam_score, info.bypass_spam, sales.spam_score, sales.bypass_spam) == (6.0, True, 6.0, False)
+    assert recipients.rule_for("x@shop.example", base, tables).subject_tag == "[SPAM] "
