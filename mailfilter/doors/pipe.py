@@ -417,30 +417,7 @@ def _head(spool: Spool) -> Spool:
 
 
 def _bookkeeping(envelope: Envelope, spool: Spool, outcome, quarantine_id: str | None, config: Config, logger, started: float) -> None:
-    """Admin report, journal and metrics, summary line: each failure is logged and never raised."""
-    from .. import journal, metrics
-    from ..log import summary
+    """Admin report, journal and metrics, summary line (actions/account.py): each failure is logged and never raised."""
+    from ..actions import account
 
-    decision = outcome.decision
-    report = _report(envelope, spool, outcome, quarantine_id, config, logger) if decision.report else None
-    delay = time.monotonic() - started
-    try:
-        now = datetime.now(UTC)
-        entry = journal.event("pipe", envelope, outcome.results, decision, decision.action.value, spool.size, delay, now, quarantine_id)
-        metrics.account(entry, config, logger)
-    except Exception as exc:  # noqa: BLE001 - bookkeeping never changes the message's fate
-        logger.error("%s: journal/metrics not written: %s", envelope.queue_id or "NOQUEUE", exc)
-    logger.info("%s", summary(envelope, outcome.results, decision, delay, quarantine=quarantine_id, report=report))
-
-
-def _report(envelope: Envelope, spool: Spool, outcome, quarantine_id: str | None, config: Config, logger: logging.Logger) -> str:
-    """Send the admin report. Its failure is logged and never changes the message's fate,
-    which is already sealed (delivered, durably quarantined, or deferred)."""
-    from ..actions import report
-
-    try:
-        ctx = report.context(envelope, spool, outcome.results, outcome.decision, quarantine_id)
-        return report.send(ctx, config, os.uname().nodename, datetime.now(UTC))
-    except Exception as exc:  # noqa: BLE001 - see docstring
-        logger.error("%s: admin report not sent: %s", envelope.queue_id or "NOQUEUE", exc)
-        return "failed"
+    account.sealed("pipe", envelope, spool, outcome, quarantine_id, config, logger, started)

@@ -20,14 +20,13 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from .. import journal, log, message, metrics, pipeline, split, subjecttag
-from ..actions import quarantine, report, splitlog
+from ..actions import account, quarantine, splitlog
 from ..config import Config
 from ..model import Action, Decision, Envelope, Group, Verdict
 from ..spool import Spool
@@ -271,25 +270,8 @@ def note(deps: Dependencies, what: str, message_key: str | None, *args: str) -> 
 def bookkeeping(
     received: Received, spool: Spool, outcome: pipeline.Outcome, quarantine_id: str | None, deps: Dependencies, started: float
 ) -> None:
-    """Admin report, journal and metrics, the summary line: each failure is logged, never raised."""
-    envelope, decision, config = received.envelope, outcome.decision, deps.config
-    queue_id = envelope.queue_id or "NOQUEUE"
-    sent = None
-    if decision.report:
-        try:
-            ctx = report.context(envelope, spool, outcome.results, decision, quarantine_id)
-            sent = report.send(ctx, config, os.uname().nodename, datetime.now(UTC))
-        except Exception as exc:  # noqa: BLE001 - a report never changes the message's fate
-            LOG.error("%s: admin report not sent: %s", queue_id, exc)
-            sent = "failed"
-    delay = time.monotonic() - started
-    try:
-        now = datetime.now(UTC)
-        entry = journal.event(DOOR, envelope, outcome.results, decision, decision.action.value, spool.size, delay, now, quarantine_id)
-        metrics.account(entry, config, LOG, deps.tally)
-    except Exception as exc:  # noqa: BLE001 - bookkeeping never changes the message's fate
-        LOG.error("%s: journal/metrics not written: %s", queue_id, exc)
-    LOG.info("%s", log.summary(envelope, outcome.results, decision, delay, quarantine=quarantine_id, report=sent))
+    """Admin report, journal and metrics, the summary line (actions/account.py): each failure is logged, never raised."""
+    account.sealed(DOOR, received.envelope, spool, outcome, quarantine_id, deps.config, LOG, started, deps.tally)
 
 
 def refused_too_large(envelope: Envelope, size: int, deps: Dependencies, started: float) -> Callable[[], None]:
