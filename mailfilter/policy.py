@@ -9,6 +9,8 @@ senders) is the decision for one recipient's rule. Pure: no I/O, no clock, no im
 The order of precedence, strongest first:
 
 1. a virus found: the rule's virus ("quarantine", "reject"; "hold" in the milter), report to the admin;
+   the virus scan failed (on_error = "tempfail"): defer, before anything else is decided (a virus must
+   never be held as something less, such as a banned attachment an admin may release);
 2. a banned attachment ([attachments]: a name, a type, an encrypted archive): the rule's banned
    ("quarantine", "reject", "allow"); verdict banned. What the attachment check could not see is
    said in X-Mailfilter-Uninspected and a warning; with [attachments] uninspected = "quarantine"
@@ -129,6 +131,9 @@ def decide(
         action = Action.HOLD if rule.virus == "hold" and door == "milter" else Action.QUARANTINE
         return Decision(Verdict.VIRUS, action, headers, None, ReportKind.VIRUS_FOUND)
 
+    if isinstance(results.virus, ScanFailure) and on_error(results.virus, config) == "tempfail":
+        return _deferred(results.virus, headers)  # no virus verdict: before any other, or a virus could be held as banned
+
     attachments = results.attachments if rule.banned != "allow" else None
     refused = banned_reasons(attachments, config)
     if refused:
@@ -155,8 +160,7 @@ def _after_attachments(
     warnings = []
     for failure in (o for o in (spam, results.virus) if isinstance(o, ScanFailure)):
         if on_error(failure, config) == "tempfail":
-            dsn = Dsn(TEMPFAIL_STATUS, f"{PRODUCT}: {failure.scanner} {failure.cause.value}, message deferred")
-            return Decision(Verdict.ERROR, Action.TEMPFAIL, headers, dsn, ReportKind.SCANNER_FAILED)
+            return _deferred(failure, headers)
         warnings.append(f"delivered unscanned by {failure.scanner} (on_error=accept): {failure.describe()}")
 
     if senders.allow is not None:
@@ -188,6 +192,11 @@ def _after_attachments(
         if spam.is_spam:
             return Decision(Verdict.SPAM, Action.DELIVER, headers, subject_tag=rule.subject_tag)
     return Decision(Verdict.CLEAN, Action.DELIVER, headers)
+
+
+def _deferred(failure: ScanFailure, headers: tuple[tuple[str, str], ...]) -> Decision:
+    dsn = Dsn(TEMPFAIL_STATUS, f"{PRODUCT}: {failure.scanner} {failure.cause.value}, message deferred")
+    return Decision(Verdict.ERROR, Action.TEMPFAIL, headers, dsn, ReportKind.SCANNER_FAILED)
 
 
 def banned_reasons(report: AttachmentReport | None, config: Config) -> str:

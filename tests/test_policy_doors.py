@@ -94,3 +94,15 @@ def test_the_milter_tags_the_subject_with_chgheader(run_milter, daemons):
     assert status == Milter.CONTINUE
     assert "[SPAM] Cheap watches, act now" in ctx._msg.get_all("Subject")  # TestCtx adds where libmilter replaces
     assert ctx._msg["X-Spam-Prev-Subject"] == "Cheap watches, act now"
+
+
+def test_a_banned_attachment_is_released_only_with_force(real_config, sendmail, tmp_path):
+    from mailfilter.cli import cli
+
+    config = real_config()
+    assert run_pipe(config, with_attachment("invoice.pdf.exe", b"x\n"), *ARGS) == (0, "")
+    [(meta, _)] = quarantined(tmp_path / "quarantine")
+    refused = CliRunner().invoke(cli, ["--config", config, "quarantine", "release", meta["id"]])
+    assert refused.exit_code == 1 and "banned attachment" in refused.output and sendmail.calls == []
+    released = CliRunner().invoke(cli, ["--config", config, "quarantine", "release", "--force", meta["id"]])
+    assert released.exit_code == 0 and [argv[-1] for argv, _ in sendmail.calls] == ["bob@example.net"]

@@ -33,6 +33,8 @@ EICAR = VirusReport(("Eicar-Test-Signature",), code=1)
 EXE = AttachmentReport(banned=(Banned("invoice.pdf.exe", "application/x-dosexec", "hidden extension: invoice.pdf.exe"),))
 LOCKED = AttachmentReport(encrypted=("secret.zip",))
 UNSEEN = AttachmentReport(uninspected=("more than 1000 MIME parts: the rest not inspected",))
+CLAM_DOWN = ScanFailure("clamav", Cause.UNAVAILABLE, "Connection refused")
+SPAMD_DOWN = ScanFailure("spamd", Cause.UNAVAILABLE, "Connection refused")
 ALLOW = SenderHits(allow="partner.example")
 BLOCK = SenderHits(block="spammer.example")
 BOTH = SenderHits(allow="alerts@partner.example", block="partner.example")
@@ -113,6 +115,10 @@ CASES = [
     ("b@lax.test", HAM, CLEAN, EXE, SenderHits(), "pipe", Verdict.CLEAN, Action.DELIVER),
     ("c@other.test", HAM, EICAR, EXE, SenderHits(), "pipe", Verdict.VIRUS, Action.QUARANTINE),
     ("c@other.test", SPAM15, CLEAN, EXE, SenderHits(), "pipe", Verdict.BANNED, Action.QUARANTINE),
+    # ClamAV down: deferred, never held as banned (it may be a virus, and a banned entry can be released)
+    ("c@other.test", HAM, CLAM_DOWN, EXE, SenderHits(), "pipe", Verdict.ERROR, Action.TEMPFAIL),
+    ("a@strict.test", HAM, CLAM_DOWN, EXE, SenderHits(), "milter", Verdict.ERROR, Action.TEMPFAIL),
+    ("c@other.test", SPAMD_DOWN, CLEAN, EXE, SenderHits(), "pipe", Verdict.BANNED, Action.QUARANTINE),
     ("c@other.test", HAM, CLEAN, LOCKED, SenderHits(), "pipe", Verdict.BANNED, Action.QUARANTINE),
     # what the attachment check could not see is said (header, warning), not held, by default
     ("c@other.test", HAM, CLEAN, UNSEEN, SenderHits(), "pipe", Verdict.CLEAN, Action.DELIVER),

@@ -254,6 +254,8 @@ class FolderStore:
                 raise Refused(f"{qid} holds {', '.join(entry.virus_names) or 'a virus'}: releasing it needs --force")
             if entry.reason == "unscannable" and not force:
                 raise Refused(f"{qid} could not be scanned completely (it may hide a virus): releasing it needs --force")
+            if entry.reason == "banned" and not force:
+                raise Refused(f"{qid} holds a banned attachment (a program, a script): releasing it needs --force")
             to = list(recipients or entry.recipients)
             at = now.isoformat(timespec="seconds")
             stamp = f"X-Mailfilter-Released: {msgmod.header_value(by, 100)} on {at} (quarantine id {qid})"
