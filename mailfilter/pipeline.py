@@ -78,10 +78,7 @@ def run(message: Spool, config: Config, envelope: Envelope | None = None, door: 
 def decide(results: ScanResults, config: Config, envelope: Envelope | None, door: str, senders: senderlists.Cache) -> Outcome:
     """The policy's groups for RESULTS (SENDERS: the sender lists, kept by a daemon between messages)."""
     hits = senders.hits(envelope.sender if envelope else "", config.senders)
-    if envelope is None or not envelope.recipients:
-        whole = Group(envelope.recipients if envelope else (), policy.decide(results, config, None, door, hits))
-        return Outcome(results, (whole,), hits)
-    return Outcome(results, policy.plan(envelope, results, config, door, hits), hits)
+    return Outcome(results, policy.plan(envelope or Envelope("", ()), results, config, door, hits), hits)
 
 
 class Runner:

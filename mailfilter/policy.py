@@ -107,11 +107,13 @@ def plan(
     """The decision for every recipient, grouped: recipients with the same decision share a group, in
     the order of their first recipient."""
     base, tables = rcpt.base_rule(config, door), dict(config.recipients)
+    if not envelope.recipients:  # `scan`, `check`: the global policy
+        return (Group((), decide(results, config, base, door, senders)),)
     groups: dict[Decision, list[str]] = {}
-    for recipient in envelope.recipients or ("",):
+    for recipient in envelope.recipients:
         decision = decide(results, config, rcpt.rule_for(recipient, base, tables), door, senders)
         groups.setdefault(decision, []).append(recipient)
-    return tuple(Group(tuple(r for r in members if r or envelope.recipients), d) for d, members in groups.items())
+    return tuple(Group(tuple(members), decision) for decision, members in groups.items())
 
 
 def decide(
