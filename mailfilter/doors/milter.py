@@ -237,13 +237,15 @@ class MailfilterMilter(Milter.Base):
         headers. No recipient left: discarded (every copy is held). A store that times out defers it all."""
         results, parts = outcome.results, []
         store = quarantine.open_store(self.config.quarantine)
+        until = time.monotonic() + STORE_ALLOWANCE  # one allowance for all the entries: the bound `check` counts
         for group in groups:
             if group.decision.action is Action.DELIVER:
                 continue
             part = Envelope(envelope.sender, group.recipients, envelope.queue_id)
             meta = quarantine.describe(part, spool, results, group.decision)
             try:
-                quarantine_id = bounded(functools.partial(store.store, spool, meta), STORE_ALLOWANCE, "quarantine store")
+                left = max(0.0, until - time.monotonic())
+                quarantine_id = bounded(functools.partial(store.store, spool, meta), left, "quarantine store")
             except StoreTimeout as exc:
                 LOG.error("%s: message deferred (entries stored for its other recipients stay; the retry makes new ones)", exc)
                 self.setreply(*TEMPFAIL_REPLY, "mailfilter: quarantine busy, try again later")
