@@ -183,7 +183,7 @@ def run_milter(tmp_path, sendmail, milter_runner):
 
     afters = []
 
-    def run(raw, drain=True, **sections):
+    def run(raw, drain=True, rcpts=("bob@example.net",), **sections):
         base = {
             "delivery": {"sendmail": sendmail.argv()},
             "quarantine": {"dir": str(tmp_path / "quarantine")},
@@ -200,7 +200,7 @@ def run_milter(tmp_path, sendmail, milter_runner):
         ctx = Ctx()
         ctx._setsymval("i", "4F2A1C")
         assert ctx._connect() == Milter.CONTINUE
-        status = ctx._feedFile(io.BytesIO(raw), "alice@example.org", "bob@example.net")
+        status = ctx._feedFile(io.BytesIO(raw), "alice@example.org", *rcpts)
         ctx._close()
         if drain:
             assert after.drain(60), "after-reply work not done within 60 s"

@@ -106,3 +106,16 @@ def test_a_banned_attachment_is_released_only_with_force(real_config, sendmail, 
     assert refused.exit_code == 1 and "banned attachment" in refused.output and sendmail.calls == []
     released = CliRunner().invoke(cli, ["--config", config, "quarantine", "release", "--force", meta["id"]])
     assert released.exit_code == 0 and [argv[-1] for argv, _ in sendmail.calls] == ["bob@example.net"]
+
+
+def test_the_milter_removes_the_held_recipients_and_discards_when_none_is_left(run_milter, daemons, tmp_path):
+    scanners = {"spamd": {"host": daemons["spamd_host"], "port": daemons["spamd_port"]}, "clamd": {"socket": daemons["clamd_socket"]}}
+    policy = {"recipients": {"strict.test": {"spam_score": 5}}}
+    status, ctx, _ = run_milter(corpus.gtube(), rcpts=("a@strict.test", "b@lax.test"), **policy, **scanners)
+    assert status == Milter.CONTINUE and ctx._delrcpt == ["<a@strict.test>"]
+    assert ctx._msg["X-Spam-Flag"] == "YES"  # the delivered copy is marked
+    assert [meta["recipients"] for meta, _ in quarantined(tmp_path / "quarantine")] == [["a@strict.test"]]
+    status, ctx, _ = run_milter(corpus.gtube(), rcpts=("a@strict.test", "c@strict.test"), **policy, **scanners)
+    assert status == Milter.DISCARD  # every recipient's copy held: one entry, nothing delivered
+    held = sorted(meta["recipients"] for meta, _ in quarantined(tmp_path / "quarantine"))
+    assert held == [["a@strict.test"], ["a@strict.test", "c@strict.test"]]
