@@ -295,7 +295,12 @@ def test_worker_process_filters_for_pipe_processes(rig):
     assert b"Subject: VIRUS FOUND" in report and f"Quarantine id:  {meta['id']}".encode() in report
     assert len(rig.sendmail.calls) == 3  # clean, GTUBE, the report: nothing twice
 
-    log = rig.log()
+    # The summary lines come last, after the report, the journal line and the metrics: wait for all three.
+    def all_summaries() -> str | None:
+        text = rig.log()
+        return text if all(summaries(text, q) for q in ("WCLEAN", "WGTUBE", "WEICAR")) else None
+
+    log = eventually(all_summaries)
     assert f"mailfilter/worker[{worker.pid}]: pipe worker listening on {rig.socket} for {rig.config}" in log
     for queue_id, verdict in (("WCLEAN", "clean"), ("WGTUBE", "spam"), ("WEICAR", "virus")):
         [(tag, pid, text)] = summaries(log, queue_id)
