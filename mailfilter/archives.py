@@ -86,7 +86,7 @@ def walk(data: bytes, name: str, visitor: Visitor, depth: int) -> None:
             return
         visitor.members_left -= 1
         path = f"{name}/{info.filename}"
-        if info.is_dir():
+        if info.filename.endswith("/"):  # a folder (zipfile's is_dir() fails on an empty name)
             continue
         local_name, encrypted, start = _local(data, info)
         if local_name not in (None, info.filename):
