@@ -206,16 +206,22 @@ def test_a_retry_of_a_reinjected_message_whose_answer_was_lost_is_not_reinjected
         assert f"A {sealed}" in sealed_lines(tmp_path)  # answered at last: a third try would be scanned anew
 
 
+def quarantined_once(door_for, smtpd, tmp_path, raw):
+    """RAW (a virus) through a door that is stopped afterwards: (its one quarantine entry's .json, the 250's text)."""
+    door = door_for(smtpd)
+    with door.client() as client:
+        code, text = transaction(client, raw)
+    assert code == 250 and "virus, quarantined as" in text, text
+    door.stop()
+    [held] = list((tmp_path / "quarantine").glob("*.json"))
+    return held, text
+
+
 def test_a_quarantined_message_whose_answer_was_lost_is_held_once(door_for, tmp_path):
     """The quarantine entry durable is a sealed fate too: killed before the 250, the retry is not held twice."""
     raw = corpus.eicar_attached()
     with FakeSmtpd() as smtpd:
-        door = door_for(smtpd)
-        with door.client() as client:
-            code, text = transaction(client, raw)
-        assert code == 250 and "virus, quarantined as" in text, text
-        door.stop()
-        [held] = list((tmp_path / "quarantine").glob("*.json"))
+        held, text = quarantined_once(door_for, smtpd, tmp_path, raw)
         [sealed] = [line for line in sealed_lines(tmp_path) if line.startswith("S ")]
         assert sealed.endswith(f"250 {text}") and held.stem in text
         answered = f"A {sealed.split()[2]}"
@@ -236,12 +242,7 @@ def test_a_door_killed_while_storing_a_quarantine_entry_holds_the_retry_once(doo
     if the entry never became whole, stored now: one entry either way."""
     raw = corpus.eicar_attached()
     with FakeSmtpd() as smtpd:
-        door = door_for(smtpd)
-        with door.client() as client:
-            code, text = transaction(client, raw)
-        assert code == 250 and "virus, quarantined as" in text, text
-        door.stop()
-        [held] = list((tmp_path / "quarantine").glob("*.json"))
+        held, _text = quarantined_once(door_for, smtpd, tmp_path, raw)
         [hold] = [line for line in sealed_lines(tmp_path) if line.startswith("H ")]
         assert json.loads(held.read_text())["ledger_key"] == hold.split()[2]
         (tmp_path / "state" / "smtp-sealed.log").write_text(hold + "\n")  # the S and A lines never written
