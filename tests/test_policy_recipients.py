@@ -174,6 +174,20 @@ def test_each_recipient_is_scored_as_its_spamd_user():
     assert [(g.recipients, g.decision.action) for g in groups] == [(("u@a.test",), Action.QUARANTINE), (("v@b.test",), Action.DELIVER)]
 
 
+def test_a_held_group_keeps_the_score_of_its_own_spamd_user():
+    from mailfilter.actions import quarantine
+    from mailfilter.spool import Spool
+
+    config = configmod.from_dict({"quarantine": {"spam_score": 5}, "recipients": {"a.test": {"spamd_user": "alice"}}})
+    scored = results(HAM, spam_users=(("alice", SPAM7),))
+    envelope = Envelope("s@x.test", ("v@b.test", "u@a.test"))
+    held, delivered = sorted(plan(envelope, scored, config), key=lambda g: g.decision.action != Action.QUARANTINE)
+    with Spool.of(b"Subject: hi\n\nbody\n") as spool:
+        meta = quarantine.describe(Envelope("s@x.test", held.recipients), spool, scored, held.decision)
+    assert (held.recipients, meta["spam_score"], meta["spam_tests"]) == (("u@a.test",), 7.5, ["GTUBE"])
+    assert delivered.decision.action == Action.DELIVER
+
+
 def test_a_failure_of_one_spamd_user_defers_only_by_that_users_on_error():
     down = ScanFailure("spamd", Cause.UNAVAILABLE, "refused")
     config = configmod.from_dict({"recipients": {"a.test": {"spamd_user": "alice"}}})

@@ -92,7 +92,9 @@ def ensure_folder(folder: str) -> None:
 def describe(envelope: Envelope, message: Spool, results: ScanResults, decision: Decision) -> dict[str, Any]:
     """The metadata kept beside a held message."""
     parsed = msgmod.parse(message.read(msgmod.HEAD_LIMIT))
-    spam, virus, attachments = results.spam, results.virus, results.attachments
+    user = dict(decision.headers).get("X-Spam-User")  # the held group's spamd user, when not the first one asked
+    spam = results.spam_for(user) if user else results.spam
+    virus, attachments = results.virus, results.attachments
     scored = isinstance(spam, SpamReport)
     return {
         "reason": {Verdict.VIRUS: "virus", Verdict.UNSCANNABLE: "unscannable", Verdict.BANNED: "banned"}.get(decision.verdict, "spam"),
