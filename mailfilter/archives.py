@@ -11,14 +11,14 @@ in words to the Visitor, which also hears each member and each encrypted archive
 
 from __future__ import annotations
 
-import bz2
 import io
-import lzma
 import struct
-import zipfile
 import zlib
 from collections.abc import Iterator
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    import zipfile  # imported by the first zip opened: most mail has none, and a `mailfilter pipe` process pays for each import
 
 HEAD = 64 * 1024  # first bytes of a member: enough for libmagic
 MAX_BYTES = 32 << 20  # a zip (a MIME part, or a member holding a zip) larger than this is not opened
@@ -124,6 +124,8 @@ def _open(data: bytes, name: str, visitor: Visitor) -> tuple[Iterator[zipfile.Zi
     if data.count(_CENTRAL) > visitor.members_left:  # before zipfile holds an object for each
         visitor.problem(f"more than {visitor.member_limit} archive members: {shown(name)} not inspected")
         return None
+    import zipfile
+
     try:
         with zipfile.ZipFile(io.BytesIO(data)) as archive:
             infos = archive.infolist()
@@ -151,6 +153,8 @@ def _local(data: bytes, info: zipfile.ZipInfo) -> tuple[str | None, bool, int]:
 
 def _read(data: bytes, info: zipfile.ZipInfo, start: int, limit: int) -> bytes:
     """At most LIMIT bytes of the member INFO, whose compressed bytes start at START in DATA."""
+    import zipfile  # already imported by _open()
+
     if start >= len(data):
         raise zipfile.BadZipFile("no local header where the directory says")
     raw = memoryview(data)[start : start + info.compress_size]
@@ -160,8 +164,12 @@ def _read(data: bytes, info: zipfile.ZipInfo, start: int, limit: int) -> bytes:
     if method == zipfile.ZIP_DEFLATED:
         return zlib.decompressobj(-15).decompress(raw, limit)
     if method == zipfile.ZIP_BZIP2:
+        import bz2
+
         return bz2.BZ2Decompressor().decompress(raw, limit)
     if method == zipfile.ZIP_LZMA:  # zipfile's layout: version (2 bytes), size of the properties (2), properties, raw LZMA1
+        import lzma
+
         (size,) = struct.unpack_from("<H", raw, 2)
         props = bytes(raw[4 : 4 + size])
         if size != 5 or len(props) != 5:

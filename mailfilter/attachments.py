@@ -65,6 +65,16 @@ def _parsers() -> tuple[tuple[BytesHeaderParser, int], ...]:
     )
 
 
+def preload() -> None:
+    """Import libmagic and the email parsers now (a daemon, before it drops privileges); a pipe process does it
+    at its first named or binary part."""
+    _parsers()
+    try:
+        import magic  # noqa: F401
+    except Exception:  # noqa: BLE001, S110 - missing libmagic is reported per message, by type_of()
+        pass
+
+
 _LIMITS = mimewalk.Limits()
 
 

@@ -7,7 +7,6 @@ first. Message bodies are never logged.
 from __future__ import annotations
 
 import logging
-import logging.handlers
 import os
 import time
 
@@ -66,9 +65,11 @@ def configure(tag: str, config: LogConfig | None, stderr: bool) -> logging.Logge
     handlers: list[logging.Handler] = []
     unwritable = None
     if config and config.file:
+        from logging.handlers import WatchedFileHandler  # here: syslog alone (the default) needs none of it
+
         try:
             # Watched: a daemon reopens the file after logrotate moves it.
-            handlers.append(logging.handlers.WatchedFileHandler(config.file, encoding="utf-8"))
+            handlers.append(WatchedFileHandler(config.file, encoding="utf-8"))
             handlers[-1].setFormatter(PostfixFormatter(tag))
         except OSError as exc:  # a log file must never keep mail from flowing: log to syslog instead
             unwritable = f"cannot open [log] file {config.file}: {exc.strerror or exc}; logging to syslog"

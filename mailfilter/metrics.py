@@ -15,7 +15,6 @@ import fcntl
 import json
 import math
 import os
-import secrets
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -283,7 +282,7 @@ def _write(path: str, state_dir: str, tally: Tally, held: tuple[int, int, float]
 
 def _replace(folder: str, name: str, data: bytes, mode: int) -> None:
     """FOLDER/NAME holds DATA, all of it or none: a hidden temporary file, renamed. Not synced."""
-    tmp = os.path.join(folder, f".{name}.{secrets.token_hex(4)}.tmp")
+    tmp = os.path.join(folder, f".{name}.{os.urandom(4).hex()}.tmp")  # secrets.token_hex, without its imports
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
     try:
         try:

@@ -162,9 +162,18 @@ class Runner:
 def preload() -> None:
     """Import now what scanning needs, so that a daemon imports nothing per message (nor after it
     has dropped privileges)."""
+    # bz2, lzma, tempfile and zipfile: what a large message or a zip needs (a pipe process imports them only then).
+    import bz2  # noqa: F401
+    import lzma  # noqa: F401
+    import tempfile  # noqa: F401
+    import zipfile  # noqa: F401
+
     import pyclamd  # noqa: F401
 
+    from . import attachments
     from .scanners import clamd, clamscan, spamd  # noqa: F401
+
+    attachments.preload()
 
 
 def _rules(config: Config, envelope: Envelope | None, door: str) -> list[rcpt.Rule]:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import errno
 import io
 import os
-import tempfile
 import threading
 from collections.abc import Iterator
 from typing import BinaryIO
@@ -60,6 +59,8 @@ class Spool:
             self.size += len(data)
 
     def _roll_over(self) -> None:
+        import tempfile  # here: most messages stay in memory, and each import costs a `mailfilter pipe` process
+
         file = tempfile.TemporaryFile(dir=self._tmpdir, buffering=0)  # closed by close()
         try:
             _write_all(file.fileno(), self._memory or b"")
