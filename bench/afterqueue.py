@@ -51,6 +51,7 @@ SIZE = 4096
 AMAVISD = "/usr/sbin/amavisd"
 AMAVIS_USER = "amavis"
 READY = 120.0
+MAX_REQUESTS = 1000  # messages a child handles before it is replaced: amavisd-new's $max_requests and spamd's --max-conn-per-child
 BATCH_TIMEOUT = 600.0
 MARKS = {"mailfilter": b"X-Virus-Status: Clean", "amavisd": b"X-Virus-Scanned: amavis at "}  # the filter saw the message
 
@@ -69,7 +70,7 @@ $daemon_group = '{AMAVIS_USER}';
 $mydomain = 'example.net';
 $myhostname = 'amavis.example.net';
 $max_servers = {servers};
-$max_requests = 1000;
+$max_requests = {MAX_REQUESTS};
 $child_timeout = 300;
 $inet_socket_bind = '127.0.0.1';
 $inet_socket_port = {port};
@@ -161,6 +162,7 @@ class Spamd:
         st = {"spamd_host": self.host, "spamd_port": self.port}
         cmd = [arg for arg in daemons._spamd_command(self.run, st) if not arg.startswith("--max-children")]
         cmd += [f"--max-children={children}", f"--min-children={children}", f"--min-spare={children}", f"--max-spare={children}"]
+        cmd.append(f"--max-conn-per-child={MAX_REQUESTS}")  # each child lives as long as an amavisd-new child ($max_requests)
         with (self.run / "spamd.out").open("wb") as out:
             self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True)
         deadline = time.monotonic() + READY

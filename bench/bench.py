@@ -34,6 +34,7 @@ import messages  # noqa: E402
 import milterpath  # noqa: E402
 import mimewalk  # noqa: E402
 import pipepath  # noqa: E402
+import policycost  # noqa: E402
 import report  # noqa: E402
 import startup  # noqa: E402
 import wrapcost  # noqa: E402
@@ -159,6 +160,8 @@ def run(plan: Plan, seed: int, state: dict, work: Path) -> dict:
     from mailfilter import config as configmod
 
     results["mimewalk"] = mimewalk.measure(corpus, configmod.load(str(config)), plan.rounds)
+    _say("the policy's own cost: attachment check, sender lists, per-recipient rules")
+    results["policycost"] = policycost.measure(corpus, {k: sections[k] for k in ("spamd", "clamd")}, plan.rounds)
     _say("[spamd] max_size: counting proxies")
     largest = max(corpus, key=lambda m: m.size)
     results["maxsize"] = maxsize.check(
