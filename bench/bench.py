@@ -142,8 +142,8 @@ def run(plan: Plan, seed: int, state: dict, work: Path) -> dict:
         python = mailfilter.parent / "python"
         _say("start-up: -X importtime and wall, with and without the worker")
         results["startup"] = {
-            name: startup.measure(python, argv, files[ham.name], {**pipepath.PIPE_ENV, "MAILFILTER_CONFIG": str(path)}, plan.rounds)
-            for name, path in (("worker", worker_config), ("alone", config))
+            name: startup.measure(python, run, files[ham.name], {**pipepath.PIPE_ENV, "MAILFILTER_CONFIG": str(path)}, plan.rounds)
+            for name, run, path in (("worker", pipepath.as_worker_user(argv), worker_config), ("alone", argv, config))
         }
         _say(f"pipe path: {plan.rounds} rounds x {len(pipepath.VARIANTS)} variants x {plan.pipe_messages} messages")
         results["pipe"] = pipepath.measure(setup, messages.pipe_sample(corpus, plan.pipe_messages), files, plan.rounds)

@@ -78,6 +78,13 @@ def write_signatures(folder: Path, tests_signatures: Path, count: int, seed: int
     return int(known[0])
 
 
+def as_worker_user(argv: list[str]) -> list[str]:
+    """ARGV run as WORKER_USER, as pipe(8) runs the filter (user=): the client hands a message only to a worker
+    socket of its own user, so as root it would fall back to the whole pipeline. setpriv costs one exec (about 1 ms)."""
+    user = pwd.getpwnam(WORKER_USER)
+    return ["/usr/bin/setpriv", f"--reuid={user.pw_uid}", f"--regid={user.pw_gid}", "--init-groups", "--", *argv]
+
+
 def _command(variant: str, setup: Setup) -> tuple[list[str], dict[str, str]]:
     """The argv and environment of one variant, with the envelope pipe(8) would pass."""
     host, port = setup.spamd
@@ -85,10 +92,7 @@ def _command(variant: str, setup: Setup) -> tuple[list[str], dict[str, str]]:
         argv = [str(setup.mailfilter), "pipe", "-q", "BENCH1", "-f", SENDER, "--", RECIPIENT]
         config = setup.worker_config if variant == "mailfilter" else setup.config
         if variant == "mailfilter":
-            # As pipe(8) runs it (user=): the client hands a message only to a worker socket of its own user,
-            # so as root it would fall back to the whole pipeline. setpriv costs one exec (about 1 ms).
-            user = pwd.getpwnam(WORKER_USER)
-            argv = ["/usr/bin/setpriv", f"--reuid={user.pw_uid}", f"--regid={user.pw_gid}", "--init-groups", "--", *argv]
+            argv = as_worker_user(argv)
         return argv, {**PIPE_ENV, "MAILFILTER_CONFIG": str(config), "TMPDIR": str(setup.work)}
     if variant == "floor":
         return [str(HERE / "floor.sh")], {**PIPE_ENV, "SPAMD_HOST": host, "SPAMD_PORT": str(port), "CLAMD_CONF": setup.clamd_conf}
