@@ -209,11 +209,12 @@ CORE_SERVICES = [
 class PostfixInstance:
     """A private Postfix in a fresh work folder; start() it with a wiring, close() (or leave the `with`) to remove it all."""
 
-    def __init__(self) -> None:
+    def __init__(self, pipe_user: str = PIPE_USER) -> None:
+        """PIPE_USER: whom pipe(8) runs the filter as (the Debian package's test passes its own `mailfilter`)."""
         try:
-            self.pipe_user = pwd.getpwnam(PIPE_USER)
+            self.pipe_user = pwd.getpwnam(pipe_user)
         except KeyError:
-            raise RuntimeError(f"no user {PIPE_USER!r} (the pipe user of the Postfix tests): run scripts/setup") from None
+            raise RuntimeError(f"no user {pipe_user!r} (the pipe user of the Postfix tests): run scripts/setup") from None
         self.work = Path(tempfile.mkdtemp(prefix="mailfilter-postfix-", dir="/tmp"))
         self.work.chmod(0o755)  # Postfix's unprivileged processes read etc/ and the pipe user works in filter/
         self.config_dir = self.work / "etc"
@@ -241,6 +242,7 @@ class PostfixInstance:
         argv: Sequence[str] = (),
         config: str | os.PathLike[str] = "",
         submission: Sequence[str] | None = None,
+        pipe_maxproc: int = 10,
         **main_cf: str,
     ) -> None:
         """Write main.cf and master.cf for WIRING, start the master and wait until smtpd answers.
@@ -250,6 +252,7 @@ class PostfixInstance:
         [mailfilter, *PIPE_ARGS]; config: the path exported to it as MAILFILTER_CONFIG.
         submission: when given, a second smtpd service on submission_port with these master.cf lines
         (`-o name=value`, as master.cf.example's submission service has), and nothing of the first one's.
+        pipe_maxproc: the pipe(8) service's process limit ("content_filter" wiring): messages filtered at once.
         main_cf: more main.cf parameters, which win (milter_command_timeout="5s", allow_min_user="yes", ...).
         """
         if (wiring == "milter") != bool(milter) or (wiring == "content_filter") != bool(argv and config):
@@ -261,7 +264,7 @@ class PostfixInstance:
         self.config_dir.mkdir(mode=0o755)
         main = self._main_cf(wiring, milter, str(config)) | main_cf
         self._write("main.cf", "".join(f"{key} = {value}\n" for key, value in main.items()))
-        self._write("master.cf", self._master_cf(wiring, argv, submission))
+        self._write("master.cf", self._master_cf(wiring, argv, submission, pipe_maxproc))
         # Postfix creates the rest; these two carry postdrop, not setgid_group, for the pipe user's sendmail.
         for name, mode in (("maildrop", 0o730), ("public", 0o710)):
             folder = self.queue_dir / name
@@ -302,7 +305,7 @@ class PostfixInstance:
             params["export_environment"] = f"{exported} TMPDIR MAILFILTER_CONFIG"
         return params
 
-    def _master_cf(self, wiring: Wiring, argv: Sequence[str], submission: Sequence[str] | None) -> str:
+    def _master_cf(self, wiring: Wiring, argv: Sequence[str], submission: Sequence[str] | None, pipe_maxproc: int = 10) -> str:
         """Only the services this instance needs, none chrooted."""
         smtpd = f"{HOST}:{self.smtp_port} inet n - n - - smtpd"
         services = [smtpd + ("\n  -o content_filter=mailfilter:dummy" if wiring == "content_filter" else "")]
@@ -311,7 +314,8 @@ class PostfixInstance:
         services += CORE_SERVICES
         if wiring == "content_filter":
             services.append(
-                f"mailfilter unix - n n - 10 pipe\n  flags=Rq user={PIPE_USER}:{PIPE_GROUP} null_sender=\n  argv={' '.join(argv)}"
+                f"mailfilter unix - n n - {pipe_maxproc} pipe\n  flags=Rq user={self.pipe_user.pw_name}:{PIPE_GROUP} null_sender=\n"
+                f"  argv={' '.join(argv)}"
             )
         return "\n".join(services) + "\n"
 
