@@ -87,6 +87,20 @@ def group_cpu(*pgids: int) -> dict[int, float]:
     return {pgid: count / CLOCK_TICKS for pgid, count in ticks.items()}
 
 
+def reaped_cpu(pgid: int, name: str) -> dict[int, float]:
+    """By pid, the CPU seconds that each live process called NAME in process group PGID collected from the children
+    it reaped: what Postfix's pipe(8) processes ran (each command in a session of its own, so outside PGID while it runs)."""
+    ticks = {}
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                head, _, tail = Path(entry.path, "stat").read_text().rpartition(")")
+                fields = tail.split()
+                if int(fields[2]) == pgid and head.partition("(")[2] == name:
+                    ticks[int(entry.name)] = int(fields[13]) + int(fields[14])  # cutime, cstime
+    return {pid: count / CLOCK_TICKS for pid, count in ticks.items()}
+
+
 def process_cpu(pid: int) -> float:
     """CPU seconds used so far by process PID (all its threads) and the children it reaped."""
     fields = _stat_fields(pid)
