@@ -381,6 +381,17 @@ class PostfixInstance:
         out = _run(["postqueue", "-c", self.config_dir, "-j"]).stdout
         return [json.loads(line) for line in out.splitlines() if line.strip()]
 
+    def deferred(self, queue_id: str) -> dict:
+        """QUEUE_ID's queue entry once it has been deferred: still queued, with a delay reason. Not only in the
+        deferred queue: with these instances' 1-2 s backoff a retry moves it to incoming and active at once, and a
+        loaded machine's polls found it there for 30 s."""
+        [entry] = self.wait_for(
+            lambda: [m for m in self.postqueue_json() if any(r.get("delay_reason") for r in m["recipients"])],
+            what="the message queued again after a deferral",
+        )
+        assert entry["queue_id"] == queue_id
+        return entry
+
     def flush(self) -> None:
         """`postqueue -f`: deliver deferred mail now."""
         _run(["postqueue", "-c", self.config_dir, "-f"])

@@ -152,14 +152,6 @@ def wrapped(instance: PostfixInstance, filter_path: Path) -> list[str]:
     return [str(build_wrapper(instance.work / "mailfilter-pipe")), "-t", "900", str(filter_path), *PIPE_ARGS]
 
 
-def deferred(postfix: PostfixInstance, queue_id: str) -> dict:
-    [entry] = postfix.wait_for(
-        lambda: [m for m in postfix.postqueue_json() if m["queue_name"] == "deferred"], what="the message in the deferred queue"
-    )
-    assert entry["queue_id"] == queue_id
-    return entry
-
-
 def test_through_the_wrapper_mail_is_delivered_as_before(daemons):
     with PostfixInstance() as postfix:
         start_filter(postfix, daemons, wrapped(postfix, filter_venv()))
@@ -182,7 +174,7 @@ def test_a_broken_install_behind_the_wrapper_defers(daemons, kind, reason):
     with PostfixInstance() as postfix:
         start_filter(postfix, daemons, wrapped(postfix, broken_install(postfix.work, kind)))
         queue_id = send(postfix, corpus.clean())
-        entry = deferred(postfix, queue_id)
+        entry = postfix.deferred(queue_id)
         assert re.fullmatch(rf"mailfilter: filter failed \({reason}\), message deferred", entry["recipients"][0]["delay_reason"])
         line = postfix.wait_logged(rf"{queue_id}: to=<{RECIPIENT}>, relay=mailfilter, .*").group(0)
         assert "dsn=4.3.0, status=deferred" in line and "Traceback" not in line

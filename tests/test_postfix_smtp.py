@@ -50,14 +50,6 @@ def settle(postfix: SmtpPostfix):
     return postfix.sink.deliveries
 
 
-def deferred(postfix: SmtpPostfix, queue_id: str) -> dict:
-    [entry] = postfix.wait_for(
-        lambda: [m for m in postfix.postqueue_json() if m["queue_name"] == "deferred"], what="the message in the deferred queue"
-    )
-    assert entry["queue_id"] == queue_id
-    return entry
-
-
 def crlf(raw: bytes) -> bytes:
     return raw.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
 
@@ -104,7 +96,7 @@ def test_spamd_down_defers_then_delivers_once_after_it_returns(wiring):
     postfix, _door, spamd, _ = wiring
     spamd.down()
     queue_id = send(postfix, corpus.clean())
-    entry = deferred(postfix, queue_id)
+    entry = postfix.deferred(queue_id)
     assert "spamd unavailable" in entry["recipients"][0]["delay_reason"] and "451 4.7.1" in entry["recipients"][0]["delay_reason"]
     [report] = postfix.sink.wait(1)
     assert report.recipients == (ADMIN,)
@@ -119,7 +111,7 @@ def test_the_reinjection_smtpd_down_defers_and_nothing_is_lost_or_doubled(wiring
     postfix, _door, _, reinject = wiring
     reinject.down()
     queue_id = send(postfix, corpus.clean())
-    entry = deferred(postfix, queue_id)
+    entry = postfix.deferred(queue_id)
     assert "451 4.3.0 mailfilter: reinjection failed: cannot reach the reinjecting smtpd" in entry["recipients"][0]["delay_reason"]
     assert postfix.sink.deliveries == []
     reinject.up()
@@ -136,7 +128,7 @@ def test_the_door_killed_mid_message_is_retried_and_delivered_once(wiring):
     queue_id = send(postfix, corpus.clean())
     assert spamd.connected.wait(30)
     door.kill()
-    deferred(postfix, queue_id)
+    postfix.deferred(queue_id)
     spamd.hold = 0.0
     door.start()
     postfix.flush()

@@ -23,6 +23,7 @@ from conftest import free_tcp_port, run_pipe
 webdriver = pytest.importorskip("selenium.webdriver")
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
 CHROMIUM, DRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 pytestmark = [
@@ -181,7 +182,8 @@ def test_a_digest_link_released_in_the_browser_delivers_once(console, browser, s
     before = len(sendmail.calls)  # the pipeline's admin report (the virus) went through it too
     browser.get(link)
     browser.find_element(By.ID, "release").click()
-    assert "on its way to carol@example.net" in browser.find_element(By.ID, "done").text
+    done = WebDriverWait(browser, 20).until(lambda b: b.find_elements(By.ID, "done"))  # click() may return before the answer
+    assert "on its way to carol@example.net" in done[0].text
     [(argv, _data)] = sendmail.calls[before:]
     assert argv[-2:] == ["--", "carol@example.net"]
     browser.get(link)
