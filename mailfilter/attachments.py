@@ -16,6 +16,7 @@ load it). Built for hostile input: no exception leaves inspect(); a bug inside i
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import re
 import time
@@ -69,10 +70,8 @@ def preload() -> None:
     """Import libmagic and the email parsers now (a daemon, before it drops privileges); a pipe process does it
     at its first named or binary part."""
     _parsers()
-    try:
+    with contextlib.suppress(Exception):  # a missing libmagic is reported per message, by type_of()
         import magic  # noqa: F401
-    except Exception:  # noqa: BLE001, S110 - missing libmagic is reported per message, by type_of()
-        pass
 
 
 _LIMITS = mimewalk.Limits()
