@@ -15,13 +15,14 @@ Alone: `.venv/bin/python bench/poolcost.py [--rounds N]` with the daemons of scr
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import socket
 import statistics
 import sys
 import time
 from pathlib import Path
+
+from mailfilter.record import replace
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "scripts"), str(ROOT / "tests")]
@@ -43,7 +44,7 @@ def dispatch(calls: int, config: configmod.SpamdConfig) -> float:
     with pool.ledger():
         started = time.process_time()
         for _ in range(calls):
-            p.scan(lambda server, budget: dataclasses.replace(config, host=server.host, port=server.port, timeout=budget) and answer, 30.0)
+            p.scan(lambda server, budget: replace(config, host=server.host, port=server.port, timeout=budget) and answer, 30.0)
         return (time.process_time() - started) / calls * 1e6
 
 

@@ -21,12 +21,12 @@ import functools
 import re
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from . import archives, mimewalk
 from .defaults import BANNED_EXTENSIONS, BANNED_TYPES
 from .model import AttachmentReport, Banned
+from .record import dataclass
 
 if TYPE_CHECKING:
     from email.parser import BytesHeaderParser
@@ -89,7 +89,10 @@ class Rules:
     limits: mimewalk.Limits = _LIMITS  # depth, parts, bytes, seconds for the MIME walk (seconds: the whole inspection)
 
 
-def inspect(data: mimewalk.Source, rules: Rules = Rules(), clock: Callable[[], float] = time.monotonic) -> AttachmentReport:
+DEFAULT_RULES = Rules()  # the config's defaults
+
+
+def inspect(data: mimewalk.Source, rules: Rules = DEFAULT_RULES, clock: Callable[[], float] = time.monotonic) -> AttachmentReport:
     """The banned attachments of DATA (a whole message), its encrypted archives, and what could not be inspected.
     Never raises."""
     check = _Check(rules, clock)

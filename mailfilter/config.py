@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 import os
 import tomllib
-from dataclasses import MISSING, dataclass, field, fields
 from typing import Any
 
 from .configkeys import (
@@ -46,6 +45,7 @@ from .configkeys import (
 from .defaults import BANNED_EXTENSIONS, BANNED_TYPES, PIPE_DEADLINE, WORKER_SOCKET
 from .defaults import CONFIG_ENV as ENV_VAR
 from .defaults import CONFIG_PATH as DEFAULT_PATH
+from .record import MISSING, dataclass, field, fields
 
 # A section's keys that exclude others when given in the file (a pool replaces the single server).
 EXCLUSIVE = {"spamd": ("servers", ("host", "port", "socket")), "clamd": ("servers", ("host", "port", "socket"))}
@@ -53,7 +53,7 @@ EXCLUSIVE = {"spamd": ("servers", ("host", "port", "socket")), "clamd": ("server
 
 @dataclass(frozen=True)
 class SpamdConfig:
-    servers: list = _key(  # noqa: RUF009
+    servers: list = _key(
         [], "a pool: 'HOST:PORT' or 'unix:/PATH' each; one server per message, failover to the next; replaces host/port/socket", _servers
     )
     host: str = _key("127.0.0.1", "spamd TCP host (used when socket is empty)")
@@ -73,7 +73,7 @@ class SpamdConfig:
 
 @dataclass(frozen=True)
 class ClamdConfig:
-    servers: list = _key(  # noqa: RUF009
+    servers: list = _key(
         [], "a pool of clamd: 'HOST:PORT' or 'unix:/PATH' each; one per message, failover to the next; replaces socket/host/port", _servers
     )
     backend: str = _key("clamd", "'clamd' (resident daemon, INSTREAM) or 'clamscan' (a process per message)", _one_of("clamd", "clamscan"))
@@ -84,13 +84,13 @@ class ClamdConfig:
     on_error: str = _key(
         "tempfail", "ClamAV down, timing out or failing: 'tempfail' (keep mail queued) or 'accept' (deliver unscanned)", ON_ERROR
     )
-    clamscan: list = _key(["/usr/bin/clamscan"], "clamscan backend: command and extra arguments (e.g. --database=DIR)", _argv)  # noqa: RUF009
+    clamscan: list = _key(["/usr/bin/clamscan"], "clamscan backend: command and extra arguments (e.g. --database=DIR)", _argv)
     config_file: str = _key("/etc/clamav/clamd.conf", "clamd's own config, where `mailfilter check` reads StreamMaxLength ('' skips it)")
 
 
 @dataclass(frozen=True)
 class DeliveryConfig:
-    sendmail: list = _key(["/usr/sbin/sendmail"], "sendmail command (argv list); mailfilter adds -G -i -f SENDER -- RCPT...", _argv)  # noqa: RUF009
+    sendmail: list = _key(["/usr/sbin/sendmail"], "sendmail command (argv list); mailfilter adds -G -i -f SENDER -- RCPT...", _argv)
     timeout: float = _key(120.0, "seconds sendmail may take to accept one message (after the scan, outside [pipe] deadline)", _seconds())
 
 
@@ -118,10 +118,10 @@ class PolicyConfig:
 
 @dataclass(frozen=True)
 class SendersConfig:
-    allow: list = _key(  # noqa: RUF009
+    allow: list = _key(
         [], "envelope senders never treated as spam: address, domain (that domain only) or .domain (its subdomains only)", _entries
     )
-    block: list = _key(  # noqa: RUF009
+    block: list = _key(
         [], "envelope senders treated as spam at the reject score (pipe 69, milter 550; quarantined if no reject score)", _entries
     )
     allow_file: str = _key("", "more allow entries, one a line, '#' comments; re-read when it changes ('' : none)", _absolute_or_empty)
@@ -130,10 +130,10 @@ class SendersConfig:
 
 @dataclass(frozen=True)
 class AttachmentsConfig:
-    banned_extensions: list = _key(  # noqa: RUF009
+    banned_extensions: list = _key(
         list(BANNED_EXTENSIONS), "file name extensions banned (any case), also hidden behind another, as invoice.pdf.exe", _extensions
     )
-    banned_types: list = _key(  # noqa: RUF009
+    banned_types: list = _key(
         list(BANNED_TYPES), "MIME types banned as libmagic reports them from the content, whatever the name says", _types
     )
     action: str = _key(

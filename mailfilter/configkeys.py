@@ -6,8 +6,9 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Callable
-from dataclasses import field
 from typing import Any
+
+from .record import field
 
 
 class ConfigError(Exception):

@@ -20,7 +20,6 @@ ClamAV timeout, counted from the start of the whole-message scan.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import mmap
 import time
 from collections.abc import Iterator
@@ -29,6 +28,7 @@ from typing import Any
 from . import mimewalk
 from .config import ClamdConfig
 from .model import SCANNER_CLAMAV, Cause, ScanFailure, VirusOutcome, VirusReport
+from .record import replace
 from .spool import Spool
 
 # MIME levels within which clamd's own parser is trusted to have seen everything: its default MaxRecursion
@@ -55,7 +55,7 @@ def scan(backend: Any, message: Spool, config: ClamdConfig) -> VirusOutcome:
     if whole.infected or (whole.complete and not may_nest_deeper(message, REACH)):
         return whole
     with _view(message) as data:
-        limits = dataclasses.replace(LIMITS, seconds=min(LIMITS.seconds, config.timeout / 2))
+        limits = replace(LIMITS, seconds=min(LIMITS.seconds, config.timeout / 2))
         tree = mimewalk.walk(data, limits)
         if whole.complete and tree.complete and tree.depth <= REACH:
             return whole
@@ -91,9 +91,9 @@ def scan_leaves(tree: mimewalk.Tree, backend: Any, config: ClamdConfig, deadline
                 part.write(chunk)
             if not part.size:
                 continue
-            outcome = backend.scan(part, dataclasses.replace(config, timeout=left))
+            outcome = backend.scan(part, replace(config, timeout=left))
         if isinstance(outcome, ScanFailure):
-            return dataclasses.replace(outcome, text=f"{outcome.text} (scanning {leaf.where()} alone)")
+            return replace(outcome, text=f"{outcome.text} (scanning {leaf.where()} alone)")
         outcome = classify(outcome)
         if outcome.infected:
             return VirusReport(outcome.names, code=1)

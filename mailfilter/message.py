@@ -11,9 +11,9 @@ from __future__ import annotations
 import errno
 import re
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from .record import dataclass
 from .spool import CHUNK
 
 if TYPE_CHECKING:

@@ -20,8 +20,9 @@ import binascii
 import re
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from mmap import mmap
+
+from .record import dataclass
 
 Source = bytes | mmap  # what walk() reads: both have find() and work with re
 
@@ -87,7 +88,10 @@ class Tree:
         return not self.problems
 
 
-def walk(data: Source, limits: Limits = Limits(), clock: Callable[[], float] = time.monotonic) -> Tree:
+DEFAULT_LIMITS = Limits()
+
+
+def walk(data: Source, limits: Limits = DEFAULT_LIMITS, clock: Callable[[], float] = time.monotonic) -> Tree:
     """The MIME tree of DATA (a whole message, LF or CRLF line ends). Never raises."""
     try:
         return _walk(data, limits, clock)

@@ -7,8 +7,9 @@ door (pipe, milter, CLI) and the pure policy speak the same types.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
 from typing import Literal
+
+from .record import dataclass, field
 
 
 @dataclass(frozen=True)

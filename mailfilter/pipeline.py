@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextvars
-import dataclasses
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from . import deepscan, policy
@@ -35,6 +33,7 @@ from .model import (
     SpamReport,
     SpamSkipped,
 )
+from .record import dataclass, replace
 from .scanners import pool as scanpool
 from .spool import Spool
 
@@ -100,7 +99,7 @@ class Runner:
         rules = _rules(config, envelope, door)
         with scanpool.ledger() as book:  # which pool member answered, seen by both threads through the context
             results = self._scan(message, config, rules)
-            return dataclasses.replace(results, servers=tuple(book.servers.items()), failovers=tuple(book.failovers.items()))
+            return replace(results, servers=tuple(book.servers.items()), failovers=tuple(book.failovers.items()))
 
     def _scan(self, message: Spool, config: Config, rules: list[rcpt.Rule]) -> ScanResults:
         started = time.monotonic()
@@ -136,7 +135,7 @@ class Runner:
         bytes cut at a line end (as amavisd-new does), and the header says so. Only those bytes are read."""
         from .scanners import spamd
 
-        settings = config.spamd if user == config.spamd.user else dataclasses.replace(config.spamd, user=user)
+        settings = config.spamd if user == config.spamd.user else replace(config.spamd, user=user)
         if message.size > config.spamd.max_size:
             copy = spamd.truncate(message.read(config.spamd.max_size))
             return self._spamd.submit(context.run, _timed, started, _truncated, copy, message.size, settings)
@@ -197,7 +196,7 @@ def _truncated(copy: bytes, size: int, config: Any) -> SpamOutcome:
 
     outcome = spamd.scan_blocking(copy, config)
     if isinstance(outcome, SpamReport):
-        return dataclasses.replace(outcome, truncated=(len(copy), size))
+        return replace(outcome, truncated=(len(copy), size))
     return outcome
 
 

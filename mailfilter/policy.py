@@ -29,7 +29,6 @@ The order of precedence, strongest first:
 
 from __future__ import annotations
 
-import dataclasses
 import math
 
 from . import recipients as rcpt
@@ -53,6 +52,7 @@ from .model import (
     VirusOutcome,
     VirusReport,
 )
+from .record import replace
 
 PRODUCT = "mailfilter"
 
@@ -151,7 +151,7 @@ def decide(
             return _unscannable(unseen, headers, config)
         note = f"attachments not all inspected ([attachments] uninspected = accept): {unseen}"
         decision = _after_attachments(results, config, rule, spam, headers, senders)
-        return dataclasses.replace(decision, warnings=(*decision.warnings, note))
+        return replace(decision, warnings=(*decision.warnings, note))
     return _after_attachments(results, config, rule, spam, headers, senders)
 
 

@@ -12,8 +12,9 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, fields
 from typing import Any
+
+from .record import dataclass, fields
 
 # what a key may be: a domain (labels of letters, digits, hyphens; IDNs in their A-label form) or LOCAL@DOMAIN
 _DOMAIN = re.compile(r"(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.?")

@@ -19,11 +19,11 @@ import stat
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from .log import LOGGER
 from .model import SenderHits
+from .record import dataclass
 
 if TYPE_CHECKING:
     from .config import SendersConfig

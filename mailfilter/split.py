@@ -16,11 +16,11 @@ The milter answers per message too but can drop recipients (delrcpt): it uses pl
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from collections.abc import Callable, Mapping
 
 from .model import Action, Decision, Envelope, Group
+from .record import replace
 
 SEALING = (Action.DELIVER, Action.QUARANTINE)
 
@@ -37,7 +37,7 @@ def for_one_answer(groups: tuple[Group, ...]) -> tuple[Group, ...]:
     carried = []
     for group in groups:
         if group.decision.action is Action.REJECT:
-            decision = dataclasses.replace(group.decision, action=Action.QUARANTINE, dsn=None)
+            decision = replace(group.decision, action=Action.QUARANTINE, dsn=None)
             carried.append(Group(group.recipients, decision))
         else:
             carried.append(group)
@@ -68,7 +68,7 @@ def carry(
         todo = tuple(r for r in group.recipients if r not in before)
         if not todo:
             continue
-        part = dataclasses.replace(envelope, recipients=todo)
+        part = replace(envelope, recipients=todo)
         quarantine_id = seal(part, group.decision)
         record(todo, f"quarantined {quarantine_id}" if quarantine_id else "delivered")
         done.append((part, Group(todo, group.decision), quarantine_id))

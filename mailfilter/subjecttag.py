@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import base64
 import re
-from dataclasses import dataclass
 
 from . import message
+from .record import dataclass
 
 # Bytes of UTF-8 per encoded word: "=?UTF-8?B?" + base64 of 45 bytes (60 characters) + "?=" is 72 of
 # the 75 characters RFC 2047 allows.

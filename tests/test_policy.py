@@ -1,7 +1,6 @@
 """The policy, table-driven: pure, no daemons."""
 
 import math
-from dataclasses import replace
 
 import pytest
 
@@ -18,6 +17,7 @@ from mailfilter.model import (
     VirusReport,
 )
 from mailfilter.policy import decide
+from mailfilter.record import replace
 
 HAM = SpamReport(1.2, 5.0, ("BAYES_00",))
 SPAM = SpamReport(7.5, 5.0, ("GTUBE",))

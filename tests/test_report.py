@@ -1,6 +1,5 @@
 """Admin report text, pinned by golden files (regenerate with MAILFILTER_REGOLD=1), and its rate limit."""
 
-import dataclasses
 import os
 import subprocess
 import sys
@@ -13,6 +12,7 @@ import pytest
 from mailfilter import config as configmod
 from mailfilter.actions import ratelimit, reinject, report
 from mailfilter.model import Action, Cause, Decision, Envelope, ReportKind, ScanFailure, ScanResults, SpamReport, Verdict, VirusReport
+from mailfilter.record import replace
 from mailfilter.spool import Spool
 
 import corpus
@@ -141,7 +141,7 @@ HELD = (
         "subject": "hello\nforged line",
     },
 )
-SUMMARY_CTX = dataclasses.replace(VIRUS_CTX, suppressed=3, held=HELD)  # 3 held back, 2 notes kept
+SUMMARY_CTX = replace(VIRUS_CTX, suppressed=3, held=HELD)  # 3 held back, 2 notes kept
 
 
 def test_virus_summary_matches_golden():
@@ -202,13 +202,13 @@ def test_held_back_notes_are_bounded_but_all_counted(tmp_path):
     admission = ratelimit.admit(state, "virus", 60, 61.0, {"n": -1})
     assert admission.allowed and admission.suppressed == ratelimit.MAX_NOTES + 20
     assert [n["n"] for n in admission.notes] == list(range(1, ratelimit.MAX_NOTES + 1))
-    ctx = dataclasses.replace(VIRUS_CTX, suppressed=admission.suppressed, held=admission.notes)
+    ctx = replace(VIRUS_CTX, suppressed=admission.suppressed, held=admission.notes)
     assert f"(the first {ratelimit.MAX_NOTES} of {ratelimit.MAX_NOTES + 20}), oldest first:" in report.body(ctx, "h")
 
 
 def test_failure_reports_keep_their_count_and_list_nothing(tmp_path, sendmail):
     config = config_for(tmp_path, sendmail.argv())
-    ctx = dataclasses.replace(FAILED_CTX, suppressed=0)
+    ctx = replace(FAILED_CTX, suppressed=0)
     t0 = NOW.timestamp()
     assert [report.send(ctx, config, "h", datetime.fromtimestamp(t0 + n, UTC)) for n in (0, 1, 2)] == ["sent", "suppressed", "suppressed"]
     assert report.send(ctx, config, "h", datetime.fromtimestamp(t0 + 70, UTC)) == "sent"

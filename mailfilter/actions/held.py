@@ -20,10 +20,11 @@ import re
 import stat
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any
+
+from ..record import dataclass
 
 ID_PATTERN = re.compile(r"^\d{8}T\d{6}Z-[0-9a-f]{10}$")
 META_LIMIT = 1 << 20  # an entry's .json is a few KiB; more is not ours

@@ -15,7 +15,6 @@ many were held back, and a VIRUS FOUND lists their notes.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
 from datetime import datetime
 from email.utils import format_datetime, make_msgid
 from typing import Any
@@ -24,6 +23,7 @@ from .. import message as msgmod
 from ..config import Config, DeliveryConfig, ReportConfig
 from ..exitcodes import clamscan_code_text
 from ..model import SCANNER_CLAMAV, Action, Cause, Decision, Envelope, ReportKind, ScanFailure, ScanResults
+from ..record import dataclass, replace
 from ..spool import Spool
 from . import ratelimit, reinject
 

@@ -16,7 +16,6 @@ import subprocess  # nosec B404
 import sys
 import tempfile
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from email.message import EmailMessage
 from typing import Any
@@ -28,6 +27,7 @@ from ..config import ClamdConfig, Config, SpamdConfig
 from ..doors import milterreply
 from ..message import printable
 from ..model import Cause, ScanFailure, SpamOutcome, SpamReport, SpamSkipped, VirusOutcome
+from ..record import dataclass, replace
 from ..scanners import pool
 from ..spool import Spool
 

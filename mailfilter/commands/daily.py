@@ -16,7 +16,6 @@ import math
 import os
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid
@@ -29,6 +28,7 @@ from ..actions import reinject
 from ..config import Config, ReportConfig
 from ..message import header_value, printable
 from ..model import Verdict
+from ..record import dataclass, field
 
 if TYPE_CHECKING:
     from ..cli import Context

@@ -18,7 +18,6 @@ import shutil
 import stat
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
@@ -27,6 +26,7 @@ import click
 from ..actions import quarantine as store
 from ..config import Config
 from ..message import HEAD_LIMIT, printable
+from ..record import dataclass
 
 _DURATION = re.compile(r"^(\d+)([smhdw])$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}

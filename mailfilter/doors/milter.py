@@ -29,7 +29,6 @@ import signal
 import socket
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -40,6 +39,7 @@ from ..actions import quarantine, report
 from ..config import Config
 from ..daemon import InFlight, notify
 from ..model import Action, Decision, Envelope, Group, ScanResults, Verdict, VirusReport
+from ..record import dataclass
 from ..spool import Spool
 from .milterreply import STORE_ALLOWANCE, AfterReply, StoreTimeout, bounded
 

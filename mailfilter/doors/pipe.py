@@ -15,13 +15,13 @@ import os
 import signal
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import BinaryIO, TextIO
 
 from ..defaults import PIPE_DEADLINE
 from ..exitcodes import EX_OK, EX_TEMPFAIL, EX_UNAVAILABLE, PIPE_EXIT_BY_ACTION
 from ..model import Dsn, Envelope
+from ..record import dataclass
 from ..spool import Spool
 
 TYPE_CHECKING = False

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 
 from .. import pipeline
 from ..config import Config
 from ..exitcodes import clamscan_code_text
 from ..message import printable
 from ..model import SpamReport, SpamSkipped, Verdict, VirusReport
+from ..record import dataclass
 from ..spool import Spool
 
 # scan's own exit statuses (a terminal tool, not pipe(8)).

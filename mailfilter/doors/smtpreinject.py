@@ -22,7 +22,8 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+
+from ..record import dataclass
 
 POOL_SIZE = 4  # idle connections kept
 HELO_NAME = "mailfilter.localhost"

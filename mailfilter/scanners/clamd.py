@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import dataclasses
 import socket
 import time
 
 from ..config import ClamdConfig
 from ..model import SCANNER_CLAMAV, Cause, ScanFailure, VirusOutcome, VirusReport
+from ..record import replace
 from ..spool import CHUNK, Spool
 from . import pool
 
@@ -89,7 +89,7 @@ def scan(message: Spool, config: ClamdConfig) -> VirusOutcome:
     servers = pool.members(config.servers, config.host, config.port, "" if config.host else config.socket)
 
     def attempt(server: pool.Server, budget: float) -> VirusOutcome:
-        one = dataclasses.replace(config, host=server.host, port=server.port or config.port, socket=server.path, timeout=budget)
+        one = replace(config, host=server.host, port=server.port or config.port, socket=server.path, timeout=budget)
         return _scan_one(message, one)
 
     return pool.POOLS.get(SCANNER_CLAMAV, servers, ping).scan(attempt, config.timeout)

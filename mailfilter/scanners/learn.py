@@ -8,9 +8,9 @@ one learnt as the same class is left as it is). Blocking; one deadline: [spamd] 
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
 
 from ..config import SpamdConfig
+from ..record import dataclass
 
 CLASSES = ("spam", "ham")
 

@@ -20,15 +20,14 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import dataclasses
 import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from typing import Any
 
 from ..model import Cause, ScanFailure
+from ..record import dataclass, replace
 
 DOWN_FOR = 10.0  # seconds a failed server is left out before it is pinged again
 PING_TIMEOUT = 1.0  # at most this long (and never past the message's deadline) for a health check
@@ -175,7 +174,7 @@ class Pool:
                 failovers += 1
             outcome = self._try(member, attempt, budget)
             if isinstance(outcome, ScanFailure) and outcome.cause in FAILOVER_CAUSES:
-                failure = dataclasses.replace(outcome, text=f"{member.server.label}: {outcome.text}") if len(order) > 1 else outcome
+                failure = replace(outcome, text=f"{member.server.label}: {outcome.text}") if len(order) > 1 else outcome
                 continue
             self._note(member.server.label, failovers)
             return outcome
@@ -183,7 +182,7 @@ class Pool:
         if failure is None:
             return ScanFailure(self.scanner, Cause.TIMEOUT, f"no answer within {timeout:g} s")
         if len(order) > 1:
-            failure = dataclasses.replace(failure, text=f"every server of the pool failed; last: {failure.text}")
+            failure = replace(failure, text=f"every server of the pool failed; last: {failure.text}")
         return failure
 
     def _try(self, member: _Member, attempt: Attempt, budget: float) -> Any:

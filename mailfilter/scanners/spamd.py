@@ -10,13 +10,13 @@ one header and the message; the answer a status line, two headers and the names 
 
 from __future__ import annotations
 
-import dataclasses
 import re
 import socket
 import time
 
 from ..config import SpamdConfig
 from ..model import SCANNER_SPAMD, Cause, ScanFailure, SpamOutcome, SpamReport
+from ..record import replace
 from . import pool
 
 CHUNK = 64 * 1024
@@ -55,7 +55,7 @@ def scan_blocking(message: bytes, config: SpamdConfig) -> SpamOutcome:
     servers = pool.members(config.servers, config.host, config.port, config.socket)
 
     def attempt(server: pool.Server, budget: float) -> SpamOutcome:
-        one = dataclasses.replace(config, host=server.host, port=server.port or config.port, socket=server.path, timeout=budget)
+        one = replace(config, host=server.host, port=server.port or config.port, socket=server.path, timeout=budget)
         return _scan_one(request, one)
 
     return pool.POOLS.get(SCANNER_SPAMD, servers, ping).scan(attempt, config.timeout)

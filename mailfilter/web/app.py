@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
 from typing import Any
 
 import jinja2
@@ -22,6 +21,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..actions.quarantine import FolderStore, open_store
 from ..config import Config
+from ..record import dataclass
 from . import secret
 from .sessions import COOKIE, Session, Sessions, Throttle, same
 

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import socket
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from .. import journal
 from ..actions.quarantine import FolderStore
 from ..commands.daily import VERDICTS, Summary, summarize
 from ..config import Config
+from ..record import dataclass
 
 CHART_HEIGHT = 120
 

@@ -15,10 +15,10 @@ import binascii
 import hashlib
 import hmac
 import os
-from dataclasses import dataclass
 from datetime import datetime
 
 from ..actions.held import ID_PATTERN
+from ..record import dataclass
 
 USED_FOLDER = "web-links-used"
 

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from datetime import date
 from urllib.parse import urlencode
 
 from ..actions.held import Entry
 from ..actions.quarantine import FolderStore
+from ..record import dataclass
 
 PER_PAGE = 50
 REASONS = ("", "spam", "virus", "unscannable")

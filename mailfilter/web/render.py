@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import email
 import email.policy
-from dataclasses import dataclass, field
 from email.message import EmailMessage, Message
 
 import nh3
 
 from ..message import printable
+from ..record import dataclass, field
 
 DISPLAY_LIMIT = 2 << 20  # bytes of a message parsed for display; the rest is said to be cut
 TEXT_LIMIT = 200_000  # characters shown of one text part

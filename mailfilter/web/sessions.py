@@ -16,7 +16,8 @@ import secrets
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass
+
+from ..record import dataclass
 
 COOKIE = "mf_session"
 PRE_COOKIE = "mf_login"
