@@ -406,7 +406,11 @@ def test_check_says_whether_a_worker_answers(worker, make_config, tmp_path):
         ('[pipe]\nworker = ""\n', {"worker": ""}),
         ('pipe.worker = "/x/dotted.sock"\n', None),
         ('pipe = { worker = "/x/inline.sock" }\n', None),
-        ('[pipe]\n"worker" = "/x/quoted-key.sock"\n', None),
+        ('[pipe]\n"worker" = "/x/quoted-key.sock"\n', {"worker": "/x/quoted-key.sock"}),  # as tests/ and bench/ write keys
+        ("[pipe]\n'deadline' = 30\n\"worker_idle\" = 5\n", {"deadline": 30.0}),
+        ('[pipe]\n"work er" = "/x/spaced-key.sock"\n', {}),
+        ('[pipe]\n"worker\\u0020" = "/x/escaped-key.sock"\n', None),
+        ('[pipe]\n"pipe".worker = "/x/quoted-dotted.sock"\n', None),
         ("[pipe]\nworker = '/x/literal.sock'\n", None),
         ('[pipe]\nworker = "/x/esc\\\\aped.sock"\n', None),
         ('[ pipe ]\nworker = "/x/spaced-header.sock"\n', None),
@@ -458,6 +462,9 @@ def test_simple_reader_never_disagrees_with_tomllib():
         "]",
         "",
         '"deadline" = 7',
+        "'worker' = \"/run/q.sock\"",
+        '"worker_idle" = 3',
+        '"pipe".deadline = 4',
         'note = "worker"',
     ]
     rng = random.Random(20261128)

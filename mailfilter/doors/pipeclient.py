@@ -142,7 +142,7 @@ _OTHER_KEYS = (b"worker_idle",)
 
 def simple_pipe_keys(data: bytes) -> dict[str, str | float] | None:
     """The worker and deadline keys of [pipe], when every line that could set them is a plain one
-    (`worker = "/path"`, `deadline = 120`, an optional # comment) under a plain `[pipe]` header;
+    (`worker = "/path"`, `deadline = 120`, the key bare or quoted, an optional # comment) under a plain `[pipe]` header;
     None when anything else could set or hide them (tomllib must then decide).
 
     A line could set a key when the key's name is in what precedes its `=`, or anywhere in
@@ -169,7 +169,7 @@ def simple_pipe_keys(data: bytes) -> dict[str, str | float] | None:
             return None
         if not equals or not any(word in key for word in _KEYS):
             continue
-        key = key.strip()
+        key = _unquoted(key.strip())
         if key in _OTHER_KEYS:
             continue  # [pipe]'s other keys that mention a name: they set nothing this client reads
         if table != b"[pipe]" or key not in _KEYS or key.decode() in found:
@@ -179,6 +179,14 @@ def simple_pipe_keys(data: bytes) -> dict[str, str | float] | None:
             return None
         found[key.decode()] = parsed
     return found
+
+
+def _unquoted(key: bytes) -> bytes:
+    """KEY without the quotes of a quoted key that is a plain word ("worker" and 'worker' are worker in TOML);
+    anything else as it is (then it is no key this reader knows, and tomllib decides)."""
+    if len(key) > 2 and key[:1] == key[-1:] and key[:1] in (b'"', b"'") and key[1:-1].replace(b"_", b"").replace(b"-", b"").isalnum():
+        return key[1:-1]
+    return key
 
 
 def _simple_value(text: bytes) -> str | float | None:
