@@ -217,6 +217,7 @@ class SmtpConfig:
     timeout: float = _key(120.0, "seconds the reinjecting smtpd may take to accept one message (after the scan)", _seconds())
     max_size: int = _key(52428800, "bytes (offered as SIZE); a larger message is refused with 552 5.3.4 instead of being scanned", _bytes)
     grace: float = _key(30.0, "seconds to let messages in flight finish after SIGTERM", _seconds())
+    protocol: str = _key("smtp", "'smtp', or 'lmtp': one reply per recipient after DATA (Postfix's lmtp client)", _one_of("smtp", "lmtp"))
 
 
 @dataclass(frozen=True)

@@ -191,6 +191,12 @@ class RunningDoor:
         client.ehlo()
         return client
 
+    def lmtp_client(self) -> smtplib.LMTP:
+        """A client after LHLO, for a door with [smtp] protocol = "lmtp"."""
+        client = smtplib.LMTP(HOST, self.port, local_hostname="postfix.example.net", timeout=60)
+        client.ehlo()  # LHLO
+        return client
+
     def __enter__(self) -> RunningDoor:
         return self.start()
 
@@ -202,3 +208,21 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind((HOST, 0))
         return int(sock.getsockname()[1])
+
+
+def door_config(live, tmp_path, sendmail, smtpd: FakeSmtpd, sections=None, **smtp):
+    """The config of a door (the real spamd and clamd: the `live` fixture) that reinjects into SMTPD, with its
+    quarantine, state and journal under TMP_PATH, reports through the recording SENDMAIL; SECTIONS and SMTP added."""
+    return live(
+        **(sections or {}),
+        smtp={"reinject": smtpd.address, "timeout": 10, "grace": 10, **smtp},
+        metrics={"listen": ""},
+        delivery={"sendmail": sendmail.argv()},
+        quarantine={"dir": str(tmp_path / "quarantine")},
+        report={
+            "admin": "admin@example.net",
+            "sender": "mailfilter@example.net",
+            "state_dir": str(tmp_path / "state"),
+            "journal_dir": str(tmp_path / "journal"),
+        },
+    )

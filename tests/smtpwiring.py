@@ -44,8 +44,9 @@ class SmtpPostfix(PostfixInstance):
         self.door_port = free_port()
         self.reinject_port = 0
 
-    def start_smtp(self, maxproc: int = 4, transport: str = DOOR_TRANSPORT, **main_cf: str) -> None:
-        """Start the instance; TRANSPORT (at most MAXPROC at once) carries every message smtpd takes to door_port."""
+    def start_smtp(self, maxproc: int = 4, transport: str = DOOR_TRANSPORT, client: str = "smtp", **main_cf: str) -> None:
+        """Start the instance; TRANSPORT (at most MAXPROC at once, Postfix's CLIENT: smtp or lmtp) carries every
+        message smtpd takes to door_port."""
         self.smtp_port, self.reinject_port = free_port(), free_port()
         self.config_dir.mkdir(mode=0o755)
         main = self._main_cf("milter", "inet:127.0.0.1:1", "")
@@ -59,11 +60,11 @@ class SmtpPostfix(PostfixInstance):
         )
         master += "\n".join(
             [
-                f"{transport} unix - - n - {maxproc} smtp",
+                f"{transport} unix - - n - {maxproc} {client}",
                 f"  -o syslog_name=postfix/{transport}",
-                "  -o smtp_send_xforward_command=yes",
+                f"  -o {client}_send_xforward_command=yes",
                 "  -o disable_mime_output_conversion=yes",
-                "  -o smtp_generic_maps=",
+                f"  -o {client}_generic_maps=",
                 f"{HOST}:{self.reinject_port} inet n - n - - smtpd",
                 "  -o syslog_name=postfix/reinject",
                 "  -o content_filter=",
@@ -197,11 +198,12 @@ def _pump(source: socket.socket, sink: socket.socket) -> None:
 class DoorProcess:
     """`mailfilter smtp` as the pipe user, from the copied venv, with this instance's MAIL_CONFIG; its output in door.out."""
 
-    def __init__(self, postfix: SmtpPostfix, spamd: str, clamd_socket: str, **smtp: object) -> None:
+    def __init__(self, postfix: SmtpPostfix, spamd: str, clamd_socket: str, more: dict | None = None, **smtp: object) -> None:
+        """MORE: config sections added (e.g. recipients); SMTP: [smtp] keys."""
         self.postfix = postfix
         folder = postfix.filter_dir
         host, port = spamd.rsplit(":", 1)
-        sections = filter_sections(folder, (host, int(port)), clamd_socket, timeout=10)
+        sections = filter_sections(folder, (host, int(port)), clamd_socket, timeout=10) | (more or {})
         sections["smtp"] = {"listen": f"{HOST}:{postfix.door_port}", "reinject": f"{HOST}:{postfix.reinject_port}", "timeout": 10, **smtp}
         sections["metrics"] = {"listen": ""}
         self.config = write_config(folder / "mailfilter.toml", sections)

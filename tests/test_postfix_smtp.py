@@ -176,3 +176,30 @@ def test_sigterm_lets_the_message_in_flight_finish_and_systemd_is_told(wiring):
     [delivery] = settle(postfix)  # finished within the grace, answered 250: delivered once, not deferred
     assert delivery.recipients == (RECIPIENT,)
     assert f"{queue_id}: to=<{RECIPIENT}>, relay=127.0.0.1[127.0.0.1]:{postfix.door_port}" in postfix.maillog()
+
+
+def test_over_lmtp_each_recipient_gets_its_own_fate_from_postfix(daemons):
+    """[smtp] protocol = "lmtp" behind Postfix's lmtp client: spam to a strict recipient (rejected: Postfix
+    bounces that copy alone), a default one (delivered, marked) and a holding one (quarantined), in one message."""
+    recipients = ("a@strict.test", "b@lax.test", "c@held.test")
+    policy = {"recipients": {"strict.test": {"spam_reject_score": 5}, "held.test": {"spam_score": 5}}}
+    with SmtpPostfix() as postfix:
+        postfix.start_smtp(transport="lmtp-mailfilter", client="lmtp")
+        door = DoorProcess(postfix, f"{daemons['spamd_host']}:{daemons['spamd_port']}", daemons["clamd_socket"], policy, protocol="lmtp")
+        door.start()
+        try:
+            queue_id = send(postfix, corpus.gtube(), recipients=recipients)
+            postfix.sink.wait(2)  # b's copy, and the bounce for a to the sender
+            deliveries = settle(postfix)
+        finally:
+            door.kill()
+        [spam] = [d for d in deliveries if d.recipients == ("b@lax.test",)]
+        assert message_from_bytes(spam.data)["X-Spam-Flag"] == "YES"
+        [bounce] = [d for d in deliveries if d.recipients == (SENDER,)]
+        assert b"a@strict.test" in bounce.data and b"c@held.test" not in bounce.data
+        assert len(deliveries) == 2
+        log = postfix.maillog()
+        assert f"{queue_id}: to=<a@strict.test>, relay=127.0.0.1[127.0.0.1]:{postfix.door_port}" in log
+        assert "status=bounced (host 127.0.0.1[127.0.0.1] said: 550 5.7.1 mailfilter:" in log
+        [meta_path] = (postfix.filter_dir / "quarantine").glob("*.json")
+        assert json.loads(meta_path.read_text())["recipients"] == ["c@held.test"]

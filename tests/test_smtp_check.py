@@ -38,9 +38,9 @@ def test_nothing_listening_is_a_warning_and_xforward_missing_is_named():
     assert reinject.startswith("WARN  smtp reinject:") and "smtpd_authorized_xforward_hosts=127.0.0.0/8" in reinject
 
 
-def postfix_config(tmp_path, content_filter: str, maxproc: str):
+def postfix_config(tmp_path, content_filter: str, maxproc: str, command: str = "smtp"):
     (tmp_path / "main.cf").write_text(f"compatibility_level = 3.6\ncontent_filter = {content_filter}\n")
-    (tmp_path / "master.cf").write_text(f"smtp-mailfilter unix - - n - {maxproc} smtp\n  -o smtp_send_xforward_command=yes\n")
+    (tmp_path / "master.cf").write_text(f"smtp-mailfilter unix - - n - {maxproc} {command}\n  -o {command}_send_xforward_command=yes\n")
     return {"MAIL_CONFIG": str(tmp_path)}
 
 
@@ -62,3 +62,12 @@ def test_the_wiring_is_compared_with_smtp_section(tmp_path, content_filter, maxp
 
 def test_no_postfix_config_no_wiring_line(tmp_path):
     assert list(transport_lines(configmod.from_dict({}), {"MAIL_CONFIG": str(tmp_path / "none")})) == []
+
+
+@pytest.mark.parametrize(("command", "protocol", "expected"), [("lmtp", "smtp", "WARN"), ("smtp", "lmtp", "WARN"), ("lmtp", "lmtp", "OK")])
+def test_the_transports_client_must_speak_the_doors_protocol(tmp_path, command, protocol, expected):
+    environ = postfix_config(tmp_path, "smtp-mailfilter:[127.0.0.1]:10027", "4", command)
+    [line] = [line.render() for line in transport_lines(configmod.from_dict({"smtp": {"protocol": protocol}}), environ)]
+    assert line.startswith(f"{expected:<6}smtp wiring: "), line
+    if expected == "WARN":
+        assert f"smtp-mailfilter runs {command}(8), [smtp] protocol is {protocol}" in line, line

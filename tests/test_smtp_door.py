@@ -11,7 +11,7 @@ import time
 from email import message_from_bytes
 
 import pytest
-from smtpdoor import Behaviour, FakeSmtpd, RunningDoor, free_port
+from smtpdoor import Behaviour, FakeSmtpd, RunningDoor, door_config, free_port
 
 import corpus
 
@@ -26,20 +26,7 @@ def door_for(live, tmp_path, sendmail):
     doors = []
 
     def start(smtpd: FakeSmtpd, sections=None, **smtp) -> RunningDoor:
-        config = live(
-            **(sections or {}),
-            smtp={"reinject": smtpd.address, "timeout": 10, "grace": 10, **smtp},
-            metrics={"listen": ""},
-            delivery={"sendmail": sendmail.argv()},
-            quarantine={"dir": str(tmp_path / "quarantine")},
-            report={
-                "admin": "admin@example.net",
-                "sender": "mailfilter@example.net",
-                "state_dir": str(tmp_path / "state"),
-                "journal_dir": str(tmp_path / "journal"),
-            },
-        )
-        doors.append(RunningDoor(config, free_port()).start())
+        doors.append(RunningDoor(door_config(live, tmp_path, sendmail, smtpd, sections, **smtp), free_port()).start())
         return doors[-1]
 
     yield start

@@ -55,6 +55,10 @@ class SplitLog:
             os.close(fd)
         self.expire()
 
+    def remove(self) -> None:
+        """Forget this message (its replies were given: no retry needs the log)."""
+        os.unlink(self.path)
+
     def expire(self) -> None:
         """Remove the logs of messages older than MAX_AGE (their retries are long over)."""
         cutoff = time.time() - self.max_age

@@ -20,11 +20,11 @@ TIMEOUT = 5.0
 ONLY = "(only matters with the smtp wiring)"
 
 
-def probe(address: str) -> tuple[str | None, smtplib.SMTP | None]:
-    """(None, client after EHLO) when ADDRESS answers SMTP, else (why not, None)."""
+def probe(address: str, lmtp: bool = False) -> tuple[str | None, smtplib.SMTP | None]:
+    """(None, client after EHLO, or LHLO with LMTP) when ADDRESS answers SMTP (LMTP), else (why not, None)."""
     try:
         host, port = split_address(address)
-        client = smtplib.SMTP(timeout=TIMEOUT)
+        client = smtplib.LMTP(timeout=TIMEOUT) if lmtp else smtplib.SMTP(timeout=TIMEOUT)
         code, text = client.connect(host, port)
         if code != 220:
             client.close()
@@ -32,7 +32,7 @@ def probe(address: str) -> tuple[str | None, smtplib.SMTP | None]:
         code, text = client.ehlo("mailfilter-check.localhost")
         if code != 250:
             client.close()
-            return f"refuses EHLO: {code} {text.decode('utf-8', 'replace')}", None
+            return f"refuses {'LHLO' if lmtp else 'EHLO'}: {code} {text.decode('utf-8', 'replace')}", None
     except (OSError, ValueError, smtplib.SMTPException) as exc:
         return str(exc) or type(exc).__name__, None
     return None, client
@@ -72,7 +72,11 @@ def transport_lines(config: Config, environ: Mapping[str, str], command: str = P
     if len(fields) < 8:
         yield Line(Status.WARN, "smtp wiring", f"content_filter names {transport}, which master.cf lacks", "add it (master.cf.example C)")
         return
-    maxproc = fields[6]
+    maxproc, command = fields[6], fields[7]
+    if command != config.smtp.protocol:
+        fix = f"make them agree: '{config.smtp.protocol}' as {transport}'s command, or [smtp] protocol = \"{command}\""
+        yield Line(Status.WARN, "smtp wiring", f"{transport} runs {command}(8), [smtp] protocol is {config.smtp.protocol}", fix)
+        return
     limit = int(maxproc) if maxproc.isdigit() else int(_postconf(environ, command, "-hx", "default_process_limit") or 100)
     if limit > config.smtp.max_clients:
         text = f"{transport} runs up to {limit} at once ({maxproc} in master.cf), [smtp] max_clients is {config.smtp.max_clients}"
@@ -84,7 +88,7 @@ def transport_lines(config: Config, environ: Mapping[str, str], command: str = P
 
 def smtp_lines(config: Config, environ: Mapping[str, str] | None = None, command: str = POSTCONF) -> Iterator[Line]:
     listen, reinject = config.smtp.listen, config.smtp.reinject
-    problem, door = probe(listen) if listen else ("[smtp] listen is ''", None)
+    problem, door = probe(listen, config.smtp.protocol == "lmtp") if listen else ("[smtp] listen is ''", None)
     if door is None and config.smtp == SmtpConfig():
         return  # not in use
     if door is None:

@@ -30,7 +30,7 @@ from . import smtpfilter
 from .milterreply import AfterReply
 from .smtpledger import Ledger, LedgerError
 from .smtpreinject import Pool, split_address
-from .smtpserver import DoorState, FilterSMTP
+from .smtpserver import DoorState, FilterLMTP, FilterSMTP
 
 LOG = logging.getLogger(log.LOGGER)
 HOSTNAME = "mailfilter.localhost"  # the 220 greeting's name: seen only by the local Postfix
@@ -111,12 +111,13 @@ async def run(config: Config, listen: str, stop: asyncio.Event, ready: Callable[
         "loop": loop,
     }
     try:
-        server = await loop.create_server(lambda: FilterSMTP(door, **options), host, port, reuse_address=True)
+        protocol = FilterLMTP if config.smtp.protocol == "lmtp" else FilterSMTP
+        server = await loop.create_server(lambda: protocol(door, **options), host, port, reuse_address=True)
     except OSError as exc:
         runner.close()
         ledger.close()
         raise ServeError(f"cannot listen on {listen}: {exc.strerror or exc}") from None
-    LOG.info("smtp door listening on %s, reinjecting into %s", listen, config.smtp.reinject)
+    LOG.info("smtp door listening on %s (%s), reinjecting into %s", listen, config.smtp.protocol.upper(), config.smtp.reinject)
     if config.metrics.listen:
         try:
             metrics.serve(config.metrics.listen, tally, lambda: door.in_flight.count, metrics.held_at(config.quarantine))

@@ -13,24 +13,24 @@ durable. Before that point every failure is a 451 4.3.0 (filter()'s one catch); 
 whatever the bookkeeping meets (it runs after the reply, on the AfterReply thread, and never raises).
 The sealed fate is written to the ledger (smtpledger) at once, so that Postfix's retry of a message whose
 250 it never got is answered from there, not reinjected or quarantined again.
-Recipients the policy splits (split.py) get a reinjection or an entry per group (act_split).
+Recipients the policy splits (split.py) get a reinjection or an entry per group, and over LMTP a reply
+per recipient (smtpgroups).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from .. import journal, log, message, metrics, pipeline, split, subjecttag
-from ..actions import account, quarantine, splitlog
+from ..actions import account, quarantine
 from ..config import Config
-from ..model import Action, Decision, Envelope, Group, Verdict
+from ..model import Action, Decision, Envelope, Verdict
+from ..record import dataclass, field
 from ..spool import Spool
-from . import smtpledger
+from . import smtpgroups, smtpledger
 from .smtpledger import Ledger
 from .smtpreinject import Pool, ReinjectError, Transaction
 
@@ -57,12 +57,14 @@ class Received:
 
 @dataclass(frozen=True)
 class Answer:
-    """The reply to end-of-data, and the bookkeeping to run once it is given (never raises).
-    SEALED: the ledger key of a message whose fate is sealed: marked answered once the reply is handed over."""
+    """The reply to end-of-data (LMTP: a line per recipient, CRLF between them), and the bookkeeping to run
+    once it is given (never raises). SEALED: the ledger key of a message whose fate is sealed: marked answered
+    once the reply is handed over."""
 
     reply: str
     after: Callable[[], None] | None = None
     sealed: str | None = None
+    answered: Callable[[], None] | None = None  # to run once the reply is handed over (never raises)
 
 
 @dataclass(frozen=True)
@@ -96,8 +98,11 @@ def failure_reply(exc: BaseException) -> tuple[str, bool]:
     return reply(451, (4, 3, 0), f"mailfilter: internal error ({type(exc).__name__}), message deferred"), True
 
 
-def filter_message(received: Received, deps: Dependencies, waiting: Callable[[], None], started: float) -> Answer:
+def filter_message(
+    received: Received, deps: Dependencies, waiting: Callable[[], None], started: float, per_recipient: bool = False
+) -> Answer:
     """The one catch of the door: scan, decide, act. WAITING raises ClientGone once Postfix no longer waits.
+    PER_RECIPIENT (LMTP): the answer has a reply line per recipient (a failure here: the same line for each).
 
     Blocking (a thread of the door's executor); the spool is closed by the bookkeeping, or here on failure."""
     queue_id = received.envelope.queue_id or "NOQUEUE"
@@ -114,7 +119,7 @@ def filter_message(received: Received, deps: Dependencies, waiting: Callable[[],
             return stored
     spool = Spool.of(received.data)
     try:
-        return act(received, spool, deps, waiting, started, message_key)
+        return act(received, spool, deps, waiting, started, message_key, per_recipient)
     except BaseException as exc:  # before the seal every failure is a deferral, never a 250
         spool.close()
         text, unexpected = failure_reply(exc)
@@ -126,26 +131,29 @@ def filter_message(received: Received, deps: Dependencies, waiting: Callable[[],
 
 
 def act(
-    received: Received, spool: Spool, deps: Dependencies, waiting: Callable[[], None], started: float, message_key: str | None = None
+    received: Received,
+    spool: Spool,
+    deps: Dependencies,
+    waiting: Callable[[], None],
+    started: float,
+    message_key: str | None = None,
+    per_recipient: bool = False,
 ) -> Answer:
     config, envelope = deps.config, received.envelope
     queue_id = envelope.queue_id or "NOQUEUE"
     outcome = deps.runner.run(spool, config, envelope, DOOR)
+    if per_recipient:  # LMTP: one reply per recipient, each group carried out on its own
+        split.warn(outcome.groups, outcome.results.failures, LOG, queue_id)
+        return smtpgroups.act_per_recipient(received, spool, deps, waiting, started, outcome, message_key)
     groups = split.for_one_answer(outcome.groups)
     split.warn(groups, outcome.results.failures, LOG, queue_id)
     if len(groups) > 1:
-        return act_split(received, spool, deps, waiting, started, outcome, groups, message_key)
+        return smtpgroups.act_split(received, spool, deps, waiting, started, outcome, groups, message_key)
     decision = groups[0].decision
     quarantine_id = reinjected = None
     if decision.action is Action.DELIVER:
-        transaction = Transaction(envelope.sender, envelope.recipients, received.xforward, received.eight_bit, received.smtputf8)
-
-        def gate() -> None:  # right before the final dot: the point of no return
-            waiting()
-            note(deps, "dot", message_key)
-
         try:
-            reinjected = deps.pool.deliver(transaction, rewritten(spool, decision), gate=gate)
+            reinjected = reinject(received, envelope, spool, decision, deps, waiting, message_key)
         except ReinjectError as exc:
             if not exc.maybe_taken:
                 note(deps, "answered", message_key)  # refused outright (or never sent): nothing of it was taken
@@ -179,63 +187,33 @@ def act(
     return Answer(answer, after, sealed)
 
 
+def reinject(
+    received: Received,
+    part: Envelope,
+    spool: Spool,
+    decision: Decision,
+    deps: Dependencies,
+    waiting: Callable[[], None],
+    message_key: str | None,
+) -> str:
+    """Reinject PART's copy (its recipients) with our headers; the reinjecting smtpd's reply. Right before the
+    final dot, the point of no return, WAITING is asked again and the dot noted in the ledger."""
+    envelope = received.envelope
+    transaction = Transaction(envelope.sender, part.recipients, received.xforward, received.eight_bit, received.smtputf8)
+
+    def gate() -> None:
+        waiting()
+        note(deps, "dot", message_key)
+
+    return deps.pool.deliver(transaction, rewritten(spool, decision), gate=gate)
+
+
 def rewritten(spool: Spool, decision: Decision):
     """The message with our headers and the subject tag, streamed from the spool."""
     edit = None
     if decision.subject_tag:
         edit = subjecttag.tag(subjecttag.raw_subject(spool.read(message.HEAD_LIMIT)), decision.subject_tag)
     return message.rewritten(spool, decision.headers, subject=edit)
-
-
-def act_split(
-    received: Received,
-    spool: Spool,
-    deps: Dependencies,
-    waiting: Callable[[], None],
-    started: float,
-    outcome: pipeline.Outcome,
-    groups: tuple[Group, ...],
-    message_key: str | None,
-) -> Answer:
-    """Recipients split by the policy (split.py): a reinjection per delivered group, an entry per
-    quarantined one, each sealed group in the split log before the next; a later failure is a 451 and
-    the retry skips what the log lists. The 250 names what was done."""
-    envelope, config = received.envelope, deps.config
-    book = splitlog.SplitLog(config.report.state_dir, message_key or smtpledger.key(envelope, spool.read()))
-    before = book.sealed()
-    waiting()
-
-    def seal(part: Envelope, decision: Decision) -> str | None:
-        if decision.action is Action.DELIVER:
-            transaction = Transaction(envelope.sender, part.recipients, received.xforward, received.eight_bit, received.smtputf8)
-
-            def gate() -> None:
-                waiting()
-                note(deps, "dot", message_key)
-
-            deps.pool.deliver(transaction, rewritten(spool, decision), gate=gate)
-            return None
-        meta = quarantine.describe(part, spool, outcome.results, decision)
-        return quarantine.open_store(config.quarantine).store(spool, meta)
-
-    carried = split.carry(envelope, groups, before, seal, book.record)
-    done = [(part, pipeline.Outcome(outcome.results, (group,), outcome.senders), qid) for part, group, qid in carried]
-    delivered = sum(len(p.recipients) for p, _, qid in done if qid is None)
-    held = [qid for _, _, qid in done if qid]
-    text = f"mailfilter: split: {delivered} recipient(s) reinjected, quarantined as {', '.join(held) or 'none'}"
-    if before:
-        text += f", {len(before)} done before"
-    answer = reply(250, (2, 0, 0), text)
-    note(deps, "seal", message_key, answer)
-
-    def after() -> None:
-        try:
-            for part, one, quarantine_id in done:
-                bookkeeping(dataclasses.replace(received, envelope=part), spool, one, quarantine_id, deps, started)
-        finally:
-            spool.close()
-
-    return Answer(answer, after, message_key)
 
 
 def stored_before(deps: Dependencies, message_key: str, queue_id: str) -> Answer | None:

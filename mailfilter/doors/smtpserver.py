@@ -10,6 +10,8 @@
   MAIL FROM once the door is stopping.
 - Errors inside a command are a 451, never aiosmtpd's default 500 (Postfix would bounce the message).
 
+Over LMTP (FilterLMTP) the same, with LHLO, and one reply line per recipient after DATA.
+
 The end of DATA hands the message to smtpfilter.filter_message on a thread of the door's executor;
 the reply waits for it. WAITING, the gate before reinjection's final dot or the quarantine store, raises
 once this connection is gone or the stop's grace has run out: a message Postfix was not told 250 for
@@ -25,6 +27,7 @@ import threading
 import time
 from typing import Any
 
+from aiosmtpd.lmtp import LMTP
 from aiosmtpd.smtp import SMTP, Envelope
 
 from .. import log
@@ -131,6 +134,11 @@ class FilterSMTP(SMTP):
         return raw_address(arg)
 
 
+class FilterLMTP(FilterSMTP, LMTP):
+    """The same door over LMTP (RFC 2033, [smtp] protocol = "lmtp"): LHLO instead of HELO/EHLO (aiosmtpd's
+    LMTP), and after DATA one reply per recipient (Handler.handle_DATA, smtpgroups.act_per_recipient)."""
+
+
 def raw_address(arg: str) -> tuple[str | None, str | None]:
     """`<addr> PARAMS` -> (addr, PARAMS); the null sender is '<>' (as aiosmtpd has it); None when not bracketed."""
     text = (arg or "").lstrip()
@@ -169,9 +177,10 @@ class Handler:
     async def handle_DATA(self, server: FilterSMTP, session: Any, envelope: Transaction) -> str:
         started = time.monotonic()
         received = received_message(envelope)
+        lmtp = isinstance(server, LMTP)
         if len(received.data) > self.door.config.smtp.max_size:  # aiosmtpd refuses over SIZE; this is for SIZE-less clients
             self.door.after_reply(smtpfilter.refused_too_large(received.envelope, len(received.data), self.door.deps, started))
-            return smtpfilter.too_large(self.door.config.smtp.max_size)
+            return for_each(smtpfilter.too_large(self.door.config.smtp.max_size), envelope, lmtp)
 
         def waiting() -> None:
             if server.gone.is_set():
@@ -181,7 +190,7 @@ class Handler:
 
         def work() -> smtpfilter.Answer:
             with self.door.in_flight:
-                return smtpfilter.filter_message(received, self.door.deps, waiting, started)
+                return smtpfilter.filter_message(received, self.door.deps, waiting, started, per_recipient=lmtp)
 
         future = asyncio.get_running_loop().run_in_executor(self.door.executor, work)
         try:
@@ -192,7 +201,16 @@ class Handler:
         self.door.after_reply(answer.after)
         if answer.sealed:  # runs once the reply below is written to Postfix's connection
             asyncio.get_running_loop().call_soon(smtpfilter.note, self.door.deps, "answered", answer.sealed)
-        return answer.reply
+        if answer.answered:
+            asyncio.get_running_loop().call_soon(answer.answered)
+        return for_each(answer.reply, envelope, lmtp)
+
+
+def for_each(reply: str, envelope: Transaction, lmtp: bool) -> str:
+    """REPLY as the client reads it: over LMTP one line per recipient, so a single line is given to each."""
+    if lmtp and "\r\n" not in reply:
+        return "\r\n".join([reply] * max(1, len(envelope.rcpt_tos)))
+    return reply
 
 
 def received_message(envelope: Transaction) -> smtpfilter.Received:
