@@ -142,6 +142,8 @@ def smtp(obj: Context, listen: str | None) -> None:
     refused on purpose); any failure is a 4xx and Postfix keeps the message queued. Run it as
     its own user (systemd/mailfilter-smtp.service). Logs to syslog (facility mail); tells systemd
     it is ready (Type=notify); on SIGTERM it stops accepting and lets messages in flight finish.
+    [smtp] protocol = "lmtp": LMTP to Postfix's lmtp client instead, one reply per recipient
+    (the lmtp-mailfilter transport in master.cf.example, C).
     """
     from . import log
     from .doors import smtp as door
