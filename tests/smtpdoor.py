@@ -204,6 +204,11 @@ class RunningDoor:
         self.stop()
 
 
+def crlf(raw: bytes) -> bytes:
+    """RAW with CRLF line ends, as it goes over SMTP."""
+    return raw.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind((HOST, 0))

@@ -11,7 +11,7 @@ import time
 from email import message_from_bytes
 
 import pytest
-from smtpdoor import Behaviour, FakeSmtpd, RunningDoor, door_config, free_port
+from smtpdoor import Behaviour, FakeSmtpd, RunningDoor, crlf, door_config, free_port
 
 import corpus
 
@@ -32,10 +32,6 @@ def door_for(live, tmp_path, sendmail):
     yield start
     for door in doors:
         door.stop()
-
-
-def crlf(raw: bytes) -> bytes:
-    return raw.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
 
 
 def transaction(client: smtplib.SMTP, raw: bytes, sender: str = SENDER, rcpts=(RECIPIENT,), options=("BODY=8BITMIME",)) -> tuple[int, str]:

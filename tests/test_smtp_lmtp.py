@@ -10,7 +10,7 @@ import threading
 import time
 
 import pytest
-from smtpdoor import Behaviour, FakeSmtpd, RunningDoor, door_config, free_port
+from smtpdoor import Behaviour, FakeSmtpd, RunningDoor, crlf, door_config, free_port
 
 from mailfilter.commands.smtpcheck import smtp_lines
 
@@ -37,10 +37,6 @@ def lmtp_door(live, tmp_path, sendmail):
     yield start
     for door in doors:
         door.stop()
-
-
-def crlf(raw: bytes) -> bytes:
-    return raw.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
 
 
 def transaction(client: smtplib.LMTP, raw: bytes, rcpts=THREE) -> list[tuple[int, str]]:
