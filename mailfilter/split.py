@@ -22,6 +22,8 @@ from collections.abc import Callable, Mapping
 from .model import Action, Decision, Envelope, Group
 from .record import replace
 
+LOG = logging.getLogger("mailfilter")  # log.LOGGER; log.py is not imported on the pipe's path
+
 SEALING = (Action.DELIVER, Action.QUARANTINE)
 
 
@@ -61,8 +63,12 @@ def carry(
 ) -> list[tuple[Envelope, Group, str | None]]:
     """Carry out each group (for_one_answer's) for its recipients not sealed BEFORE: SEAL delivers or
     quarantines one part (the quarantine id, or None when delivered), RECORD notes it sealed before the next
-    group is tried. An exception stops here (the door defers; what was recorded is skipped next time).
-    Returns (the part's envelope, its group, its quarantine id) for each group carried out now."""
+    group is tried. An exception from SEAL stops here (the door defers; what was recorded is skipped next time).
+    Returns (the part's envelope, its group, its quarantine id) for each group carried out now.
+
+    RECORD failing (OSError: the state folder full or read-only) does not stop anything: the group is sealed
+    all the same, and deferring now would deliver it twice on the retry for certain. The next groups are
+    carried out; only if one of them fails too does the retry repeat the unrecorded group (logged here)."""
     done = []
     for group in groups:
         todo = tuple(r for r in group.recipients if r not in before)
@@ -70,6 +76,16 @@ def carry(
             continue
         part = replace(envelope, recipients=todo)
         quarantine_id = seal(part, group.decision)
-        record(todo, f"quarantined {quarantine_id}" if quarantine_id else "delivered")
+        what = f"quarantined {quarantine_id}" if quarantine_id else "delivered"
+        try:
+            record(todo, what)
+        except OSError as exc:
+            LOG.error(
+                "%s: %s %s, but the split log cannot be written (if a later group fails, the retry repeats this one): %s",
+                envelope.queue_id or "NOQUEUE",
+                ", ".join(todo),
+                what,
+                exc,
+            )
         done.append((part, Group(todo, group.decision), quarantine_id))
     return done

@@ -292,6 +292,29 @@ def test_carrying_out_a_split_records_each_group_before_the_next_and_skips_what_
     assert [p.recipients for p in seen] == [("b@x.test", "c@x.test")] and [g.recipients for _, g, _ in done] == [("b@x.test", "c@x.test")]
 
 
+def test_a_split_log_that_cannot_be_written_does_not_stop_the_groups_already_sealed_or_the_next(caplog):
+    """Deferring after a sealed group only because its record failed would deliver it twice on the retry."""
+    from mailfilter.model import Decision, Group
+
+    groups = (
+        Group(("a@x.test",), Decision(Verdict.SPAM, Action.QUARANTINE)),
+        Group(("b@x.test",), Decision(Verdict.SPAM, Action.DELIVER)),
+    )
+    envelope, sealed = Envelope("s@x.test", ("a@x.test", "b@x.test"), "Q2"), []
+
+    def full(recipients, what):
+        raise OSError(28, "No space left on device")
+
+    def seal(part, decision):
+        sealed.append(part.recipients)
+        return "Q-ID" if decision.action is Action.QUARANTINE else None
+
+    done = split.carry(envelope, groups, {}, seal, full)
+    assert sealed == [("a@x.test",), ("b@x.test",)]
+    assert [(g.recipients, qid) for _, g, qid in done] == [(("a@x.test",), "Q-ID"), (("b@x.test",), None)]
+    assert "Q2: a@x.test quarantined Q-ID, but the split log cannot be written" in caplog.text
+
+
 def test_the_readme_example_is_a_valid_config_and_does_what_it_says():
     import re
     import tomllib
