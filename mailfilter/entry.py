@@ -1,4 +1,4 @@
-"""The `mailfilter` console script.
+"""The `mailfilter` command (bin/mailfilter, installed as a script, calls main()).
 
 `pipe` is dispatched here, before click is imported: click would answer a usage
 error with exit 2, which pipe(8) bounces, and importing it costs time on every

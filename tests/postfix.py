@@ -456,10 +456,10 @@ def _group_alive(pgid: int) -> bool:
 
 
 def sources_digest() -> str:
-    """A hash of what the package is built from: mailfilter/ and pyproject.toml."""
+    """A hash of what the package is built from: mailfilter/, bin/mailfilter and pyproject.toml."""
     digest = hashlib.sha256()
     files = sorted(p for p in (ROOT / "mailfilter").rglob("*") if p.is_file() and "__pycache__" not in p.parts)
-    for path in [*files, ROOT / "pyproject.toml"]:
+    for path in [*files, ROOT / "bin" / "mailfilter", ROOT / "pyproject.toml"]:
         digest.update(str(path.relative_to(ROOT)).encode() + b"\0" + path.read_bytes() + b"\0")
     return digest.hexdigest()
 
@@ -510,6 +510,7 @@ def filter_venv(venv: Path = VENV) -> Path:
         with tempfile.TemporaryDirectory() as tmp:  # a clean copy: no stale build/ from the repository
             source = Path(tmp) / "src"
             shutil.copytree(ROOT / "mailfilter", source / "mailfilter", ignore=shutil.ignore_patterns("__pycache__"))
+            shutil.copytree(ROOT / "bin", source / "bin")
             for name in ("pyproject.toml", "README.md"):
                 shutil.copy(ROOT / name, source / name)
             _run([pip, "install", "--quiet", "--no-deps", "--force-reinstall", source])

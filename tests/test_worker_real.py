@@ -207,14 +207,14 @@ class Rig:
             worker.expect(b"READY=1")
         return worker
 
-    def start_pipe(self, raw: bytes, queue_id: str, *, root: bool = False) -> subprocess.Popen[bytes]:
-        """Start `mailfilter pipe -q QUEUE_ID -f SENDER -- RECIPIENTS...` as pipe(8) would, RAW on its stdin."""
+    def start_pipe(self, raw: bytes, queue_id: str, *, root: bool = False, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        """Start `mailfilter pipe -q QUEUE_ID -f SENDER -- RECIPIENTS...` as pipe(8) would, RAW on its stdin (ENV: more variables)."""
         path = self.folder / f"{queue_id}.in"
         path.write_bytes(raw)
         with open(path, "rb") as stdin:
             proc = subprocess.Popen(
                 [str(self.mailfilter), "pipe", "-q", queue_id, "-f", SENDER, "--", *RECIPIENTS],
-                env={"PATH": "/usr/bin:/bin", "MAILFILTER_CONFIG": self.config},
+                env={"PATH": "/usr/bin:/bin", "MAILFILTER_CONFIG": self.config, **(env or {})},
                 cwd=self.folder,
                 stdin=stdin,
                 stdout=subprocess.PIPE,
@@ -229,8 +229,8 @@ class Rig:
         out, err = proc.communicate(timeout=2 * TIMEOUT)  # above the scanners' timeouts
         return Run(proc.returncode, out.decode(errors="replace"), err.decode(errors="replace"), proc.pid)
 
-    def pipe(self, raw: bytes, queue_id: str, *, root: bool = False) -> Run:
-        return self.finish(self.start_pipe(raw, queue_id, root=root))
+    def pipe(self, raw: bytes, queue_id: str, *, root: bool = False, env: dict[str, str] | None = None) -> Run:
+        return self.finish(self.start_pipe(raw, queue_id, root=root, env=env))
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
@@ -308,6 +308,22 @@ def test_worker_process_filters_for_pipe_processes(rig):
     assert "quarantine=" + meta["id"] in summaries(log, "WEICAR")[0][2]
     assert "mailfilter/pipe" not in log  # no client configured logging: none filtered anything itself
     assert worker.proc.poll() is None
+
+
+def test_a_pipe_served_by_the_worker_imports_only_what_handing_over_needs(rig):
+    """What keeps the client cheap on every message (bench/startup.py measures it): the installed `mailfilter`
+    script and the client import no re or enum, only the C halves of socket and signal, no typing, json,
+    tomllib or logging, and nothing of the pipeline."""
+    rig.worker()
+    run = rig.pipe(tagged(corpus.clean(), "WLIGHT"), "WLIGHT", env={"PYTHONPROFILEIMPORTTIME": "1"})
+    assert run.status == 0 and run.stdout == "", run
+    imported = {
+        line.rsplit("|", 1)[1].strip() for line in run.stderr.splitlines() if line.startswith("import time:") and "self [us]" not in line
+    }
+    assert {"mailfilter.entry", "mailfilter.doors.pipeclient", "_socket"} <= imported, sorted(imported)
+    heavy = {"re", "enum", "socket", "signal", "selectors", "typing", "json", "tomllib", "logging", "mailfilter.doors.pipe"}
+    assert imported.isdisjoint(heavy), sorted(imported & heavy)
+    assert len(rig.delivered("WLIGHT")) == 1
 
 
 def test_ready_then_sigterm_lets_the_message_in_flight_finish(rig):

@@ -3,7 +3,7 @@
 pipe(8) starts one process per message. Importing the whole pipeline (asyncio,
 aiospamc, the config model, logging) costs a Python process more CPU than the
 scanners' clients do, on every message. So entry.py tries this module first: it
-imports nothing beyond socket (no json, no tomllib, no typing: see settings()),
+imports nothing beyond _socket and _signal (no json, no tomllib, no typing, no re or enum: see settings()),
 finds [pipe] worker and [pipe] deadline, and streams the message to the worker,
 which runs the very same door code (doors/pipe.py) in a process that imported
 everything once.
@@ -46,9 +46,9 @@ tell us whether it delivered.
 
 from __future__ import annotations
 
+import _signal as signal  # the C modules under signal and socket: their Python halves import enum
+import _socket as socket  # (IntEnum for signal and family names) and selectors, half of this client's start-up
 import os
-import signal
-import socket
 import stat  # os imports it: free
 import sys
 import time
