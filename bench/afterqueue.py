@@ -1,4 +1,5 @@
-"""The after-queue SMTP path: `mailfilter smtp` against amavisd-new, both as FILTER_README's advanced content filter.
+"""The after-queue SMTP path: `mailfilter smtp` (over SMTP and over LMTP) against amavisd-new, all three as
+FILTER_README's advanced content filter.
 
     bench/afterqueue.py [--messages N] [--rounds R] [--clients 4 16] [--out DIR]     (root; Debian's amavisd-new)
 
@@ -7,7 +8,8 @@ the transport with maxproc = clients and XFORWARD, the 127.0.0.1 reinjection smt
 everything relayed to one sink). Both use the same spamd rules (/usr/share/spamassassin, local tests only;
 amavisd-new runs SpamAssassin in-process, mailfilter asks the bench's spamd) and the same clamd (INSTREAM).
 amavisd-new is Debian's package, configured here in a private folder (never its service, never /etc/amavis):
-$max_servers = clients. mailfilter: [smtp] max_clients = clients.
+$max_servers = clients. mailfilter: [smtp] max_clients = clients; the LMTP row has [smtp] protocol = "lmtp" and
+Postfix's lmtp client as the transport (the lmtp-mailfilter wiring of master.cf.example).
 
 Load: CLIENTS threads, each submitting one ~4 kB ham at a time to smtpd and waiting until the sink has it
 (closed loop): msgs/s = messages / wall, latency = submission to arrival at the sink (p50, p99). The filter's
@@ -46,14 +48,20 @@ import daemons  # noqa: E402
 from postfix import HOST, free_port  # noqa: E402
 
 RUN_DIR = os.environ.get("MAILFILTER_RUN_DIR", "/tmp/mailfilter-bench-daemons")
-CONFIGS = ("mailfilter", "amavisd")
+CONFIGS = ("mailfilter", "mailfilter-lmtp", "amavisd")
+OURS = ("mailfilter", "mailfilter-lmtp")  # each compared with amavisd-new within each round
+LABELS = {"mailfilter": "mailfilter smtp", "mailfilter-lmtp": "mailfilter smtp (LMTP)", "amavisd": "amavisd-new"}
 SIZE = 4096
 AMAVISD = "/usr/sbin/amavisd"
 AMAVIS_USER = "amavis"
 READY = 120.0
 MAX_REQUESTS = 1000  # messages a child handles before it is replaced: amavisd-new's $max_requests and spamd's --max-conn-per-child
 BATCH_TIMEOUT = 600.0
-MARKS = {"mailfilter": b"X-Virus-Status: Clean", "amavisd": b"X-Virus-Scanned: amavis at "}  # the filter saw the message
+MARKS = {  # the filter saw the message
+    "mailfilter": b"X-Virus-Status: Clean",
+    "mailfilter-lmtp": b"X-Virus-Status: Clean",
+    "amavisd": b"X-Virus-Scanned: amavis at ",
+}
 
 
 def amavis_conf(home: Path, port: int, reinject: int, servers: int, clamd_socket: str) -> str:
@@ -271,7 +279,7 @@ def run(args: argparse.Namespace) -> dict:
     for clients in args.clients:
         keys = ("rate", "p50", "p99", "cpu", "spamd", "clamd")
         per: dict[str, dict[str, list[float]]] = {c: {k: [] for k in keys} for c in CONFIGS}
-        ratios: dict[str, list[float]] = {"rate": [], "p99": []}  # mailfilter / amavisd-new within each round
+        ratios: dict[str, dict[str, list[float]]] = {n: {"rate": [], "p99": []} for n in OURS}  # ours / amavisd-new, per round
         spamd = Spamd(clients)
         scanners = (spamd.proc.pid, os.getpgid(state["pids"]["clamd"]))
         setups = {}
@@ -296,9 +304,10 @@ def run(args: argparse.Namespace) -> dict:
                     per[name]["cpu"].append(used / len(latencies))
                     p99 = percentile(latencies, 0.99) * 1000
                     print(f"c={clients} {name} round {rnd}: {len(latencies) / wall:.1f} msg/s, p99 {p99:.0f} ms", file=sys.stderr)
-                ours, theirs = per["mailfilter"], per["amavisd"]
-                ratios["rate"].append(ours["rate"][-1] / theirs["rate"][-1])
-                ratios["p99"].append(ours["p99"][-1] / theirs["p99"][-1])
+                theirs = per["amavisd"]
+                for name in OURS:
+                    ratios[name]["rate"].append(per[name]["rate"][-1] / theirs["rate"][-1])
+                    ratios[name]["p99"].append(per[name]["p99"][-1] / theirs["p99"][-1])
         finally:
             for postfix, _arrivals, _cpu in setups.values():
                 stopper = getattr(postfix, "bench_stop", None)
@@ -307,7 +316,7 @@ def run(args: argparse.Namespace) -> dict:
                 postfix.close()
             spamd.stop()
         results["clients"][clients] = {name: {k: summary(v) for k, v in figures.items()} for name, figures in per.items()}
-        results["clients"][clients]["ratio"] = {k: summary(v) for k, v in ratios.items()}
+        results["clients"][clients]["ratio"] = {n: {k: summary(v) for k, v in r.items()} for n, r in ratios.items()}
     return results
 
 
@@ -315,10 +324,19 @@ def start(name: str, clients: int, state: dict, spamd: Spamd):
     """A started instance for NAME with CLIENTS processes; (postfix, arrivals, cpu seconds so far of the filter)."""
     postfix = SmtpPostfix()
     try:
-        if name == "mailfilter":
-            postfix.start_smtp(maxproc=clients)
+        if name in OURS:
+            lmtp = name == "mailfilter-lmtp"
+            if lmtp:
+                postfix.start_smtp(maxproc=clients, transport="lmtp-mailfilter", client="lmtp")
+            else:
+                postfix.start_smtp(maxproc=clients)
             door = DoorProcess(
-                postfix, f"{spamd.host}:{spamd.port}", state["clamd_socket"], max_clients=clients, timeout=60
+                postfix,
+                f"{spamd.host}:{spamd.port}",
+                state["clamd_socket"],
+                max_clients=clients,
+                timeout=60,
+                **({"protocol": "lmtp"} if lmtp else {}),
             )
             door.start()
             postfix.bench_stop = door.stop  # type: ignore[attr-defined]
@@ -349,11 +367,10 @@ def table(results: dict) -> str:
             f = per[name]
             rate, p50, p99, cpu, spamd, clamd = (f[k]["median"] for k in ("rate", "p50", "p99", "cpu", "spamd", "clamd"))
             span = f"({f['rate']['min']:.1f}-{f['rate']['max']:.1f})"
-            ratio = per["ratio"]["rate"] if name == "mailfilter" else None
-            p99_ratio = per["ratio"]["p99"] if name == "mailfilter" else None
-            label = "mailfilter smtp" if name == "mailfilter" else "amavisd-new"
+            ratio = per["ratio"][name]["rate"] if name in OURS else None
+            p99_ratio = per["ratio"][name]["p99"] if name in OURS else None
             lines.append(
-                f"| {clients} | {label} | {rate:.1f} {span} | {p50 * 1000:.0f} ms | {p99 * 1000:.0f} ms"
+                f"| {clients} | {LABELS[name]} | {rate:.1f} {span} | {p50 * 1000:.0f} ms | {p99 * 1000:.0f} ms"
                 f" | {cpu * 1000:.0f} + {spamd * 1000:.0f} + {clamd * 1000:.0f} ms"
                 f" | {_ratio(ratio)} | {_ratio(p99_ratio)} |"
             )
